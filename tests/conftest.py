@@ -1,0 +1,62 @@
+"""Shared fixtures: the reference models of tests/golden and small random timm ViTs."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden(name: str) -> dict[str, np.ndarray]:
+    with np.load(GOLDEN / f"{name}.npz") as data:
+        return dict(data)
+
+
+def build_golden_model(which: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Reference model A or B (see tests/golden/README.md) as a timm VisionTransformer."""
+    config = json.loads((GOLDEN / "config.json").read_text())[f"model{which}"]
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=config["img_size"],
+        patch_size=config["patch_size"],
+        embed_dim=config["embed_dim"],
+        depth=config["depth"],
+        num_heads=config["num_heads"],
+        mlp_ratio=config["mlp_ratio"],
+        qkv_bias=True,
+        num_classes=config["num_classes"],
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    ).eval()
+    model.load_state_dict(load_file(str(GOLDEN / f"model_{which}.safetensors")), strict=True)
+    return model.to(dtype)
+
+
+@pytest.fixture(scope="session")
+def golden_images() -> torch.Tensor:
+    return torch.from_numpy(golden("inputs")["images"])
+
+
+def small_vit(kind: str = "plain", **overrides) -> nn.Module:
+    """Tiny random-weight timm ViTs covering the layouts xaikit must handle."""
+    torch.manual_seed(0)
+    presets = {
+        "plain": ("vit_tiny_patch16_224", dict(img_size=64, depth=2)),
+        "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(img_size=64, depth=2)),
+        "registers": ("vit_small_patch14_reg4_dinov2", dict(img_size=56, depth=2, embed_dim=96, num_heads=3)),
+        "non_square": ("vit_tiny_patch16_224", dict(img_size=(48, 80), depth=2)),
+        "dynamic": ("vit_tiny_patch16_224", dict(img_size=64, depth=2, dynamic_img_size=True)),
+    }
+    name, kwargs = presets[kind]
+    kwargs = {"num_classes": 7, **kwargs, **overrides}
+    return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+SMALL_VIT_KINDS = ("plain", "deit_distilled", "registers", "non_square")

@@ -1,0 +1,63 @@
+"""xaikit: explaining timm Vision Transformers, and reproducing ViTA, CDAM and TokenTM."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import InvalidParameterError, UnsupportedModelError, WeightsUnavailableError, XaikitError
+from .imaging import preprocess, upsample
+from .introspection import RECORDABLE, BlockRecord, ViTRecorder
+from .methods import Explainer, get_method, list_methods
+from .models import load_model
+from .targets import Target
+
+__version__ = "0.1.0"
+
+
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str = "gae",
+    targets: Target = None,
+    *,
+    batch_size: int | None = None,
+    **params,
+) -> torch.Tensor:
+    """Token-level maps (B, gh, gw), float32, on the model's device.
+
+    `images` are normalised float images (B, 3, H, W) (see `preprocess`);
+    `targets` is None (predicted class), a class index, B class indices or a
+    callable from logits to one score per image; `params` are the method's
+    settings (`xaikit.get_method(name)` documents them). With `batch_size`
+    the images are explained in chunks of that many.
+    """
+    explainer = get_method(method).create(model, **params)
+    if batch_size is None:
+        return explainer(images, targets)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidParameterError(f"batch_size must be a positive int or None; got {batch_size!r}")
+    per_image = not (targets is None or isinstance(targets, int) or callable(targets))
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        chunk_targets = targets[start : start + batch_size] if per_image else targets
+        chunks.append(explainer(images[start : start + batch_size], chunk_targets))
+    return torch.cat(chunks)
+
+
+__all__ = [
+    "BlockRecord",
+    "Explainer",
+    "InvalidParameterError",
+    "RECORDABLE",
+    "UnsupportedModelError",
+    "ViTRecorder",
+    "WeightsUnavailableError",
+    "XaikitError",
+    "explain",
+    "get_method",
+    "list_methods",
+    "load_model",
+    "preprocess",
+    "upsample",
+]

@@ -1,0 +1,1 @@
+"""Data: synthetic images with ground truth, and loaders for real data sets."""

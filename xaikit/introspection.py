@@ -1,0 +1,231 @@
+"""Record what happens inside a timm Vision Transformer.
+
+`ViTRecorder` is a context manager that hooks every block of a timm
+`VisionTransformer` (plain ViT, DeiT with a distillation token, DINOv2 with
+register tokens, any grid) and records, per block and for the whole batch:
+
+==============  ===============  =================================================
+name            shape            what
+==============  ===============  =================================================
+``input``       (B, N, D)        residual stream entering the block
+``norm1``       (B, N, D)        ``norm1`` output (tokens entering attention)
+``attn``        (B, H, N, N)     attention probabilities ``A`` (after softmax)
+``values``      (B, H, N, d_h)   per-head value vectors ``v``
+``attn_out``    (B, N, D)        attention branch added to the residual (after
+                                 ``proj`` and layer scale)
+``norm2``       (B, N, D)        ``norm2`` output (the MLP input)
+``mlp_out``     (B, N, D)        MLP branch added to the residual (after layer
+                                 scale)
+==============  ===============  =================================================
+
+Names listed in ``grads`` also get their gradient recorded when a backward
+pass runs (``record.grads["attn"]`` is dL/dA). While the context is open
+timm's fused attention is switched off (it never materialises ``A``); on exit
+every hook is removed and ``fused_attn`` is restored, also after an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import InvalidParameterError, UnsupportedModelError
+
+RECORDABLE = ("input", "norm1", "attn", "values", "attn_out", "norm2", "mlp_out")
+
+
+@dataclass
+class BlockRecord:
+    """What one block computed in the last forward (and backward) pass."""
+
+    index: int
+    input: torch.Tensor | None = None
+    norm1: torch.Tensor | None = None
+    attn: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    attn_out: torch.Tensor | None = None
+    norm2: torch.Tensor | None = None
+    mlp_out: torch.Tensor | None = None
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def get(self, name: str) -> torch.Tensor:
+        """The recorded tensor `name`, with a clear error if it was not recorded."""
+        value = getattr(self, name)
+        if value is None:
+            raise RuntimeError(
+                f"block {self.index}: {name!r} was not recorded; open the recorder with "
+                f"record=(..., {name!r}) and run a forward pass first"
+            )
+        return value
+
+    def grad(self, name: str) -> torch.Tensor:
+        """The gradient of `name`, with a clear error if no backward pass recorded it."""
+        if name not in self.grads:
+            raise RuntimeError(
+                f"block {self.index}: no gradient of {name!r}; open the recorder with "
+                f"grads=(..., {name!r}) and call backward() on a score of the model output"
+            )
+        return self.grads[name]
+
+
+def check_vit(model: nn.Module) -> None:
+    """Raise `UnsupportedModelError` unless `model` is a timm ViT xaikit can hook."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    found = f"{type(model).__module__}.{type(model).__qualname__}"
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(
+            "xaikit explains timm Vision Transformers (timm.models.vision_transformer."
+            f"VisionTransformer or a subclass such as DeiT's VisionTransformerDistilled); got {found}. "
+            "Create the model with xaikit.load_model(name) or timm.create_model('vit_...')."
+        )
+    for i, block in enumerate(model.blocks):
+        attn = getattr(block, "attn", None)
+        missing = [
+            part
+            for part, owner in (("norm1", block), ("norm2", block), ("mlp", block), ("attn", block))
+            if not hasattr(owner, part)
+        ]
+        missing += [part for part in ("qkv", "attn_drop", "proj") if attn is not None and not hasattr(attn, part)]
+        if missing:
+            raise UnsupportedModelError(
+                f"block {i} of {found} ({type(block).__qualname__}, attention "
+                f"{type(attn).__qualname__}) lacks {', '.join(missing)}; xaikit hooks timm's standard "
+                "Block/Attention (norm1, attn.qkv, attn.attn_drop, attn.proj, norm2, mlp)."
+            )
+
+
+def token_grid(model: nn.Module, image_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (gh, gw) patch grid of `model` for images of size `image_hw`."""
+    patch_embed = model.patch_embed
+    if image_hw is not None and getattr(model, "dynamic_img_size", False):
+        return tuple(int(s) for s in patch_embed.dynamic_feat_size(image_hw))
+    return tuple(int(s) for s in patch_embed.grid_size)
+
+
+class ViTRecorder:
+    """Context manager recording per-block tensors of a timm ViT; see the module doc.
+
+    Parameters
+    ----------
+    model: a timm ``VisionTransformer``.
+    record: names from ``RECORDABLE`` to keep (default: all).
+    grads: names whose gradients to keep after ``backward()`` (default: none).
+    detach: store detached activations (default) so records do not hold the graph.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        record: Iterable[str] = RECORDABLE,
+        grads: Iterable[str] = (),
+        detach: bool = True,
+    ) -> None:
+        check_vit(model)
+        self.model = model
+        self.record = tuple(record)
+        self.grad_names = tuple(grads)
+        for name in (*self.record, *self.grad_names):
+            if name not in RECORDABLE:
+                raise InvalidParameterError(f"cannot record {name!r}; recordable tensors are {', '.join(RECORDABLE)}")
+        self.detach = detach
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.grid = token_grid(model)
+        self.blocks: list[BlockRecord] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._saved_fused: list[tuple[nn.Module, bool]] = []
+
+    # -- context management ---------------------------------------------------------
+    def __enter__(self) -> "ViTRecorder":
+        try:
+            self._saved_fused = [
+                (blk.attn, blk.attn.fused_attn) for blk in self.model.blocks if hasattr(blk.attn, "fused_attn")
+            ]
+            for attn, _ in self._saved_fused:
+                attn.fused_attn = False
+            self._install_hooks()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for attn, fused in self._saved_fused:
+            attn.fused_attn = fused
+        self._saved_fused = []
+
+    # -- hooks ----------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        model = self.model
+        self._handles.append(model.register_forward_pre_hook(self._start_forward))
+        for i, blk in enumerate(model.blocks):
+            self._handles.append(blk.register_forward_pre_hook(self._saver(i, "input", from_input=True)))
+            targets = {
+                "norm1": blk.norm1,
+                "attn": blk.attn.attn_drop,
+                "values": blk.attn.qkv,
+                "attn_out": getattr(blk, "ls1", blk.attn),
+                "norm2": blk.norm2,
+                "mlp_out": getattr(blk, "ls2", blk.mlp),
+            }
+            for name, module in targets.items():
+                if name in self.record or name in self.grad_names:
+                    self._handles.append(module.register_forward_hook(self._saver(i, name)))
+
+    def _start_forward(self, module: nn.Module, args: tuple) -> None:
+        images = args[0]
+        self.grid = token_grid(self.model, tuple(images.shape[-2:]))
+        self.blocks = [BlockRecord(i) for i in range(len(self.model.blocks))]
+
+    def _saver(self, index: int, name: str, from_input: bool = False):
+        def hook(module: nn.Module, args: tuple, output=None) -> None:
+            tensor = args[0] if from_input else output
+            # Values are a slice of the qkv output; its gradient is sliced the same way.
+            select = self._value_slicer(index) if name == "values" else (lambda t: t)
+            record = self.blocks[index]
+            if name in self.record:
+                setattr(record, name, select(tensor.detach() if self.detach else tensor))
+            if name in self.grad_names and tensor.requires_grad:
+                tensor.register_hook(self._grad_saver(record, name, select))
+
+        return hook
+
+    def _value_slicer(self, index: int):
+        attn = self.model.blocks[index].attn
+
+        def values(qkv: torch.Tensor) -> torch.Tensor:
+            batch, tokens, _ = qkv.shape
+            # timm packs qkv as (3, heads, head_dim) along the last axis.
+            return qkv.reshape(batch, tokens, 3, attn.num_heads, attn.head_dim)[:, :, 2].transpose(1, 2)
+
+        return values
+
+    @staticmethod
+    def _grad_saver(record: BlockRecord, name: str, select):
+        def hook(grad: torch.Tensor) -> None:
+            record.grads[name] = select(grad.detach())
+
+        return hook
+
+    # -- access ---------------------------------------------------------------------
+    def stacked(self, name: str, grad: bool = False) -> torch.Tensor:
+        """Tensor `name` (or its gradient) of every block stacked on a new axis 0: (L, B, ...)."""
+        self._require_forward()
+        return torch.stack([blk.grad(name) if grad else blk.get(name) for blk in self.blocks])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.grid[0] * self.grid[1]
+
+    def _require_forward(self) -> None:
+        if not self.blocks:
+            raise RuntimeError("nothing recorded yet: run the model on a batch inside the `with` block first")
