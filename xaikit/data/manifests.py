@@ -1,0 +1,349 @@
+"""Hashed data set entries (d2l style), verified downloads and safe archive extraction.
+
+Each downloadable file is described by ``data_manifests/<name>.json``::
+
+    {"name": "cifar10", "url": "https://...", "filename": "cifar-10-binary.tar.gz",
+     "size": 170052171, "sha256": "...", "licence": "...", "description": "...",
+     "members": ["cifar-10-batches-bin/test_batch.bin", ...]}   # members optional
+
+:func:`fetch` downloads it once into ``<cache>/<name>/<filename>`` through pooch
+(progress bar, sha256 check) and afterwards uses the cached copy without any
+network access. :func:`safe_extract` unpacks tar/zip archives, refusing members
+that would land outside the target folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pooch
+from pooch.downloaders import choose_downloader
+
+from xaikit.errors import (
+    DataIntegrityError,
+    DataUnavailableError,
+    InvalidParameterError,
+    UnsafeArchiveError,
+    XaikitError,
+)
+
+__all__ = [
+    "Manifest",
+    "available_manifests",
+    "cache_dir",
+    "cached_path",
+    "fetch",
+    "load_manifest",
+    "default_manifest_dir",
+    "safe_extract",
+    "sha256_of",
+]
+
+MANIFEST_DIR_ENV = "XAIKIT_MANIFEST_DIR"
+CACHE_DIR_ENV = "XAIKIT_CACHE_DIR"
+
+_REQUIRED_FIELDS = ("name", "url", "filename", "size", "sha256", "licence", "description")
+_OPTIONAL_FIELDS = ("members", "md5")
+
+# What the standard library raises on a truncated or corrupt tar/gzip/xz/zip stream. Not every
+# OSError: a full disk or a permission problem must not be reported as a corrupt archive.
+_CORRUPT_ARCHIVE_ERRORS = (
+    tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
+)
+
+Downloader = Callable[[str, Any, Any], None]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One downloadable file: where it lives, what it must hash to, and its terms of use."""
+
+    name: str
+    url: str
+    filename: str
+    size: int
+    sha256: str
+    licence: str
+    description: str
+    members: tuple[str, ...] = ()
+    md5: str | None = None
+
+    @property
+    def known_hash(self) -> str:
+        """The hash in pooch's ``"algorithm:hex"`` notation."""
+        return f"sha256:{self.sha256}"
+
+
+def default_manifest_dir() -> Path:
+    """Folder holding the ``<name>.json`` entries (``$XAIKIT_MANIFEST_DIR`` overrides it)."""
+    override = os.environ.get(MANIFEST_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parents[2] / "data_manifests"
+
+
+def cache_dir() -> Path:
+    """Root of xaikit's download cache: ``$XAIKIT_CACHE_DIR``, else ``~/.cache/xaikit``."""
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path.home() / ".cache" / "xaikit"
+
+
+def available_manifests(manifest_dir: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """Names of all manifests in the manifest folder, sorted."""
+    folder = Path(manifest_dir) if manifest_dir is not None else default_manifest_dir()
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(path.stem for path in folder.glob("*.json")))
+
+
+def load_manifest(name: str, manifest_dir: str | os.PathLike | None = None) -> Manifest:
+    """Read and validate ``<manifest_dir>/<name>.json``."""
+    folder = Path(manifest_dir) if manifest_dir is not None else default_manifest_dir()
+    path = folder / f"{name}.json"
+    if not isinstance(name, str) or Path(name).name != name or not path.is_file():
+        names = available_manifests(folder)
+        listing = ", ".join(names) if names else "none"
+        raise InvalidParameterError(
+            f"No data manifest named {name!r} in {folder}. Available manifests: {listing}. "
+            f"Use one of those names, or set {MANIFEST_DIR_ENV} to the folder holding {name}.json."
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataIntegrityError(f"Manifest {path} is not valid JSON ({err}); fix or restore the file.") from err
+    return _manifest_from_dict(raw, path)
+
+
+def _manifest_from_dict(raw: Any, path: Path) -> Manifest:
+    def invalid(problem: str) -> DataIntegrityError:
+        return DataIntegrityError(f"Manifest {path} is invalid: {problem}. Fix the file.")
+
+    if not isinstance(raw, dict):
+        raise invalid("the top level must be a JSON object")
+    missing = [key for key in _REQUIRED_FIELDS if key not in raw]
+    if missing:
+        raise invalid(f"missing field(s) {', '.join(missing)}")
+    unknown = sorted(set(raw) - set(_REQUIRED_FIELDS) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        allowed = ", ".join(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)
+        raise invalid(f"unknown field(s) {', '.join(unknown)} (allowed: {allowed})")
+    for key in ("name", "url", "filename", "sha256", "licence", "description"):
+        if not isinstance(raw[key], str) or not raw[key].strip():
+            raise invalid(f"{key!r} must be a non-empty string")
+    if raw["name"] != path.stem:
+        raise invalid(f"'name' is {raw['name']!r} but the file is named {path.name}")
+    sha256 = raw["sha256"].lower()
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise invalid("'sha256' must be 64 hexadecimal digits")
+    if not isinstance(raw["size"], int) or isinstance(raw["size"], bool) or raw["size"] <= 0:
+        raise invalid("'size' must be a positive integer (bytes)")
+    if Path(raw["filename"]).name != raw["filename"]:
+        raise invalid("'filename' must be a bare file name, without folders")
+    members = raw.get("members", [])
+    if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
+        raise invalid("'members' must be a list of paths inside the archive")
+    md5 = raw.get("md5")
+    if md5 is not None and (not isinstance(md5, str) or len(md5) != 32):
+        raise invalid("'md5' must be 32 hexadecimal digits")
+    return Manifest(
+        name=raw["name"],
+        url=raw["url"],
+        filename=raw["filename"],
+        size=raw["size"],
+        sha256=sha256,
+        licence=raw["licence"],
+        description=raw["description"],
+        members=tuple(members),
+        md5=md5.lower() if md5 else None,
+    )
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file."""
+    return pooch.file_hash(str(path), alg="sha256")
+
+
+def cached_path(manifest: Manifest, cache: str | os.PathLike | None = None) -> Path:
+    """Where :func:`fetch` keeps (and looks for) the manifest's file."""
+    root = Path(cache) if cache is not None else cache_dir()
+    return root.expanduser() / manifest.name / manifest.filename
+
+
+def fetch(
+    manifest: Manifest,
+    *,
+    cache: str | os.PathLike | None = None,
+    downloader: Downloader | None = None,
+    progress: bool = True,
+) -> Path:
+    """Return the local path of the manifest's file, downloading and verifying it if needed.
+
+    A copy already in the cache with the right sha256 is used without network access,
+    so a manually downloaded file placed at :func:`cached_path` works offline.
+    ``downloader`` is pooch's download hook ``(url, output_file, pooch)``.
+    """
+    destination = cached_path(manifest, cache)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataUnavailableError(
+            f"Cannot create the cache folder {destination.parent} ({err}). "
+            f"Set {CACHE_DIR_ENV} to a writable folder."
+        ) from err
+
+    download = downloader if downloader is not None else choose_downloader(manifest.url, progressbar=progress)
+    received: dict[str, Any] = {}
+
+    def recording_downloader(url: str, output_file: Any, pooch_instance: Any) -> None:
+        # Remember what arrived, so a hash mismatch can report the actual sha256 and size.
+        download(url, output_file, pooch_instance)
+        if isinstance(output_file, (str, os.PathLike)) and os.path.isfile(output_file):
+            received["sha256"] = sha256_of(output_file)
+            received["size"] = os.path.getsize(output_file)
+
+    try:
+        local = pooch.retrieve(
+            manifest.url,
+            known_hash=manifest.known_hash,
+            fname=manifest.filename,
+            path=destination.parent,
+            progressbar=progress,
+            downloader=recording_downloader,
+        )
+    except XaikitError:
+        raise
+    except ValueError as err:
+        if "sha256" not in received or received["sha256"] == manifest.sha256:
+            raise
+        raise DataIntegrityError(
+            f"The download of {manifest.filename} from {manifest.url} is corrupted or truncated: "
+            f"sha256 expected {manifest.sha256} but got {received['sha256']} "
+            f"({received['size']} bytes received, {manifest.size} expected). "
+            f"The bad download was removed; retry, and if it fails again download the file "
+            f"yourself and place it at {destination}.{_stale_file_note(destination)}"
+        ) from err
+    except OSError as err:  # requests' errors and socket/FTP errors are OSErrors
+        raise DataUnavailableError(
+            f"Could not download {manifest.url} ({type(err).__name__}: {err}). "
+            f"{manifest.name} needs the file {manifest.filename} ({manifest.size} bytes, sha256 {manifest.sha256}). "
+            f"Check your network connection, or download it on another machine and place it at "
+            f"{destination} (or set {CACHE_DIR_ENV} to a folder containing {manifest.name}/{manifest.filename}); "
+            f"it will then be used offline.{_stale_file_note(destination)}"
+        ) from err
+    return Path(local)
+
+
+def _stale_file_note(destination: Path) -> str:
+    """Explain a file already at the destination whose hash is wrong (pooch tried to replace it)."""
+    if not destination.is_file():
+        return ""
+    return (
+        f" Note: the file already at {destination} does not have the expected sha256 "
+        f"(it is corrupted, truncated or another version); delete or replace it."
+    )
+
+
+def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Extract a tar (optionally gz/bz2/xz) or zip archive into ``target`` and return ``target``.
+
+    Every member is checked before anything is written: absolute paths, ``..``
+    escapes and links pointing outside ``target`` raise :class:`UnsafeArchiveError`.
+    Truncated or corrupt archives raise :class:`DataIntegrityError`.
+    """
+    archive = Path(archive)
+    target = Path(target)
+    if not archive.is_file():
+        raise DataUnavailableError(f"Archive {archive} does not exist; check the path or download it again.")
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, root)
+        else:
+            _extract_tar(archive, root)
+    except XaikitError:
+        raise
+    except tarfile.FilterError as err:  # the runtime check of filter="data" (e.g. links created mid-extraction)
+        member = getattr(getattr(err, "tarinfo", None), "name", "?")
+        raise UnsafeArchiveError(
+            f"Refusing to extract {archive}: member {member!r} is unsafe ({err}). "
+            f"Only extract archives from trusted sources."
+        ) from err
+    except _CORRUPT_ARCHIVE_ERRORS as err:
+        raise DataIntegrityError(
+            f"Archive {archive} is truncated or corrupt ({type(err).__name__}: {err}). "
+            f"Delete it and download it again."
+        ) from err
+    return target
+
+
+def _check_inside(root: Path, archive: Path, member: str, path: Path, what: str = "path") -> None:
+    # Lexical check (fast for 50,000 members); links created during extraction are
+    # re-checked on disk by tarfile's "data" filter.
+    normalised = os.path.normpath(path)
+    if os.path.commonpath([normalised, str(root)]) != str(root):
+        raise UnsafeArchiveError(
+            f"Refusing to extract {archive}: member {member!r} has a {what} outside the target folder {root}. "
+            f"The archive is malicious or broken; do not use it."
+        )
+
+
+def _extract_tar(archive: Path, root: Path) -> None:
+    if not hasattr(tarfile, "data_filter"):
+        raise XaikitError(
+            "This Python's tarfile lacks extraction filters; upgrade to Python >= 3.10.12 or >= 3.11.4 "
+            "to extract archives safely."
+        )
+    with tarfile.open(archive, mode="r:*") as tar:
+        members = tar.getmembers()  # reads the whole stream, so truncation is caught before writing
+        for member in members:
+            name = member.name
+            if os.path.isabs(name) or name.startswith(("/", "\\")):
+                raise UnsafeArchiveError(
+                    f"Refusing to extract {archive}: member {name!r} has an absolute path. "
+                    f"The archive is malicious or broken; do not use it."
+                )
+            _check_inside(root, archive, name, root / name)
+            if member.issym():
+                if os.path.isabs(member.linkname):
+                    raise UnsafeArchiveError(
+                        f"Refusing to extract {archive}: symlink {name!r} points to the absolute path "
+                        f"{member.linkname!r}. The archive is malicious or broken; do not use it."
+                    )
+                _check_inside(root, archive, name, (root / name).parent / member.linkname, "symlink target")
+            elif member.islnk():
+                _check_inside(root, archive, name, root / member.linkname, "hard link target")
+            elif not (member.isfile() or member.isdir()):
+                raise UnsafeArchiveError(
+                    f"Refusing to extract {archive}: member {name!r} is a device or FIFO, not a file or folder."
+                )
+        tar.extractall(root, members=members, filter="data")
+
+
+def _extract_zip(archive: Path, root: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for name in zf.namelist():
+            if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+                raise UnsafeArchiveError(
+                    f"Refusing to extract {archive}: member {name!r} has an absolute path. "
+                    f"The archive is malicious or broken; do not use it."
+                )
+            _check_inside(root, archive, name, root / name)
+        corrupt_member = zf.testzip()  # CRC check of every member before writing anything
+        if corrupt_member is not None:
+            raise DataIntegrityError(
+                f"Archive {archive} is corrupt: member {corrupt_member!r} fails its CRC check. "
+                f"Delete it and download it again."
+            )
+        zf.extractall(root)

@@ -1,0 +1,308 @@
+"""Training the demo ViTs this project ships (``xaikit/weights``).
+
+A recipe (`TrainConfig`) fixes the architecture, the data, the optimiser and
+the seed. `train` runs it on the GPU when there is one, otherwise on the CPU,
+checkpointing every few minutes so that an interrupted run resumes where it
+stopped (``python -m xaikit.train demo-cifar10-vit`` again). At the end it
+writes the weights as ``.safetensors`` and a JSON model card (config, data,
+seed, epochs, accuracy, hardware, training time, sha256, training curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .demo_models import WEIGHTS_DIR
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe: everything that decides the trained weights."""
+
+    name: str
+    data: str  # key of DATASETS
+    timm_kwargs: dict
+    architecture: str = "vit_tiny_patch16_224"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    random_crop_padding: int = 4  # pixels of reflect padding before a random crop; 0 = off
+    horizontal_flip: bool = True
+    seed: int = 0
+    monitor_size: int = 2000  # test images scored after every epoch for the curve
+    bf16_autocast: bool = True  # mixed precision: 1.4x faster on CPUs with avx512_bf16, and on GPUs
+    data_kwargs: dict = field(default_factory=dict)
+
+
+def _cifar10(split: str, **kwargs):
+    from .data.cifar10 import load_cifar10
+
+    return load_cifar10(split, **kwargs)
+
+
+def _shapes(split: str, n_train: int = 20000, n_test: int = 2000, size: int = 32):
+    from .data.synthetic import make_shapes
+
+    # Train and held-out sets come from different seeds, so no image is shared.
+    return make_shapes(n_train, size=size, seed=0) if split == "train" else make_shapes(n_test, size=size, seed=1)
+
+
+#: data name -> function(split, **data_kwargs) returning an object with .images (N,H,W,3) uint8 and .labels
+DATASETS: dict[str, Callable] = {"cifar10": _cifar10, "shapes": _shapes}
+
+
+def _vit_kwargs(embed_dim: int, depth: int, num_heads: int, mean, std, **extra) -> dict:
+    return dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=2.0,
+        num_classes=10,
+        # Recorded in model.pretrained_cfg so that xaikit.preprocess normalises correctly.
+        pretrained_cfg_overlay=dict(mean=list(mean), std=list(std), input_size=[3, 32, 32], crop_pct=1.0, num_classes=10),
+        **extra,
+    )
+
+
+RECIPES: dict[str, TrainConfig] = {
+    "demo-cifar10-vit": TrainConfig(
+        name="demo-cifar10-vit",
+        data="cifar10",
+        timm_kwargs=_vit_kwargs(192, 6, 3, CIFAR10_MEAN, CIFAR10_STD),
+        epochs=25,
+        batch_size=128,
+        lr=1e-3,
+        warmup_epochs=2.0,
+    ),
+    "demo-shapes-vit": TrainConfig(
+        name="demo-shapes-vit",
+        data="shapes",
+        timm_kwargs=_vit_kwargs(96, 4, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        epochs=8,
+        batch_size=128,
+        lr=2e-3,
+        warmup_epochs=0.5,
+    ),
+}
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    import timm
+
+    torch.manual_seed(config.seed)
+    return timm.create_model(config.architecture, pretrained=False, **config.timm_kwargs)
+
+
+def to_inputs(images_uint8: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) with the model's mean/std."""
+    cfg = model.pretrained_cfg
+    mean = torch.tensor(cfg["mean"], device=images_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], device=images_uint8.device).view(1, 3, 1, 1)
+    return (images_uint8.permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
+def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after reflect padding, and horizontal flips, on a normalised batch (B, 3, H, W)."""
+    size, height, width = batch.shape[0], batch.shape[2], batch.shape[3]
+    if config.random_crop_padding:
+        pad = config.random_crop_padding
+        padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+        offsets = torch.randint(0, 2 * pad + 1, (size, 2), generator=generator)
+        batch = torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets.tolist())])
+    if config.horizontal_flip:
+        flip = torch.rand(size, generator=generator) < 0.5
+        batch = torch.where(flip.view(-1, 1, 1, 1).to(batch.device), batch.flip(-1), batch)
+    return batch
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
+    """Top-1 accuracy of `model` on uint8 images (N, H, W, 3)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = to_inputs(torch.from_numpy(images[start : start + batch_size]).to(device), model)
+        correct += (model(x).argmax(1).cpu() == torch.from_numpy(labels[start : start + batch_size])).sum().item()
+    return correct / len(images)
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def train(
+    config: TrainConfig,
+    *,
+    out_dir: Path = WEIGHTS_DIR,
+    work_dir: Path | None = None,
+    max_steps: int | None = None,
+    checkpoint_every_s: float = 300.0,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or resume) recipe `config`; returns the model card written next to the weights.
+
+    `max_steps` stops early without writing weights (for tests and smoke runs);
+    the checkpoint in `work_dir` still allows resuming.
+    """
+    from safetensors.torch import save_file
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    work_dir = Path(work_dir or Path.home() / ".cache" / "xaikit" / "training")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = work_dir / f"{config.name}.ckpt.pt"
+
+    train_set = DATASETS[config.data]("train", **config.data_kwargs)
+    test_set = DATASETS[config.data]("test", **config.data_kwargs)
+    monitor = np.random.default_rng(config.seed).permutation(len(test_set.labels))[: config.monitor_size]
+
+    model = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set.labels) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup_steps)
+        * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))),
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    state = {"step": 0, "train_seconds": 0.0, "history": []}
+
+    if checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if saved["config"] != json.dumps(asdict(config), sort_keys=True):
+            raise RuntimeError(f"{checkpoint_path} was written by another recipe; delete it to start afresh")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        generator.set_state(saved["generator"])
+        state = json.loads(saved["state"])
+        log(f"resumed {config.name} at step {state['step']}/{total_steps} ({state['train_seconds']:.0f} s trained)")
+
+    def save_checkpoint() -> None:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "state": json.dumps(state),
+            "config": json.dumps(asdict(config), sort_keys=True),
+        }
+        torch.save(payload, checkpoint_path.with_suffix(".tmp"))
+        os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)  # never leave a half-written checkpoint
+
+    images = torch.from_numpy(train_set.images)
+    labels = torch.from_numpy(np.asarray(train_set.labels, dtype=np.int64))
+    last_save = time.monotonic()
+    steps_this_run = 0
+    while state["step"] < total_steps:
+        epoch, position = divmod(state["step"], steps_per_epoch)
+        # The epoch's order depends only on (seed, epoch), so a resumed run sees the same batches.
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        model.train()
+        epoch_loss, epoch_batches, started = 0.0, 0, time.monotonic()
+        for batch_index in range(position, steps_per_epoch):
+            idx = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            x = augment(to_inputs(images[idx].to(device), model), config, generator)
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), labels[idx].to(device), label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            state["step"] += 1
+            steps_this_run += 1
+            epoch_loss += loss.item()
+            epoch_batches += 1
+            if max_steps is not None and steps_this_run >= max_steps:
+                break
+            if time.monotonic() - last_save > checkpoint_every_s:
+                state["train_seconds"] += time.monotonic() - started
+                started = time.monotonic()
+                save_checkpoint()
+                last_save = time.monotonic()
+        state["train_seconds"] += time.monotonic() - started
+        if state["step"] % steps_per_epoch == 0:
+            monitored = accuracy(model, test_set.images[monitor], np.asarray(test_set.labels)[monitor])
+            state["history"].append(
+                {"epoch": epoch + 1, "train_loss": epoch_loss / max(1, epoch_batches), "monitor_accuracy": monitored,
+                 "train_seconds": round(state["train_seconds"], 1)}
+            )
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss / max(1, epoch_batches):.3f}, "
+                f"accuracy on {len(monitor)} test images {monitored:.3f}, {state['train_seconds']:.0f} s")
+        save_checkpoint()
+        last_save = time.monotonic()
+        if max_steps is not None and steps_this_run >= max_steps:
+            return {"step": state["step"], "train_seconds": state["train_seconds"], "finished": False}
+
+    test_accuracy = accuracy(model, test_set.images, np.asarray(test_set.labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / f"{config.name}.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights_path))
+    from pooch import file_hash
+
+    card = {
+        "name": config.name,
+        "architecture": config.architecture,
+        "timm_kwargs": config.timm_kwargs,
+        "data": {"name": config.data, "train_images": len(train_set.labels), "test_images": len(test_set.labels),
+                 "source": getattr(train_set, "source", config.data), **config.data_kwargs},
+        "recipe": asdict(config),
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "test_accuracy": test_accuracy,
+        "hardware": hardware(),
+        "device": device,
+        "train_seconds": round(state["train_seconds"], 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "history": state["history"],
+        "torch": torch.__version__,
+        "sha256": file_hash(str(weights_path), alg="sha256"),
+    }
+    (out_dir / f"{config.name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    log(f"{config.name}: test accuracy {test_accuracy:.4f} after {state['train_seconds'] / 60:.1f} min on {card['hardware']}")
+    return card
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train (or resume training) a demo ViT recipe.")
+    parser.add_argument("recipe", choices=sorted(RECIPES))
+    parser.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR, help="where the weights and model card go")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where checkpoints go")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    args = parser.parse_args(argv)
+    config = RECIPES[args.recipe]
+    if args.epochs:
+        config = TrainConfig(**{**asdict(config), "epochs": args.epochs})
+    torch.set_num_threads(os.cpu_count() or 1)
+    train(config, out_dir=args.out_dir, work_dir=args.work_dir)
+
+
+if __name__ == "__main__":
+    main()
