@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xaikit-installed
 
-.PHONY: test book install clean
+.PHONY: test book check-book install clean
 
 install: $(STAMP)
 
@@ -18,7 +18,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 book: $(STAMP)
+	$(VENV)/bin/xaikit run --profile demo
 	$(VENV)/bin/xaikit build
+
+# The rendered pages in headless Chromium (apt-get install chromium chromium-driver).
+check-book: $(STAMP)
+	$(VENV)/bin/xaikit check-book
 
 clean:
 	rm -rf book/_build

@@ -1,13 +1,32 @@
-"""The ``xaikit`` command: ``xaikit build`` renders the Jupyter Book."""
+"""The ``xaikit`` command: ``xaikit run`` executes the notebooks, ``xaikit build`` renders the book."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from .profiles import PROFILES
+from .runner import report_failures, run_notebooks
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def finish_html(html: Path) -> None:
+    """Make the built HTML self-contained: MathJax (from the jupyter-server-mathjax wheel) and a favicon.
+
+    MathJax goes into the output, not the book's own _static, where Jupyter Book
+    would add every .js file to every page. Browsers ask the site root for
+    favicon.ico on pages without a favicon link (the redirecting index.html).
+    """
+    import jupyter_server_mathjax
+
+    target = html / "_static" / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", target, dirs_exist_ok=True)
+    shutil.copyfile(html / "_static" / "favicon.png", html / "favicon.ico")
 
 
 def build_book(source: Path = REPO / "book", config: Path = REPO / "_config.yml") -> int:
@@ -18,18 +37,33 @@ def build_book(source: Path = REPO / "book", config: Path = REPO / "_config.yml"
         "--warningiserror", "--keep-going",
     ]
     print("$", " ".join(command), flush=True)
-    return subprocess.call(command)
+    status = subprocess.call(command)
+    if status == 0:
+        finish_html(source / "_build" / "html")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xaikit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="execute the notebooks with papermill into the book's source tree")
+    run.add_argument("--profile", default="demo", choices=PROFILES, help="smoke | demo | paper (default demo)")
+    run.add_argument("--only", default=None, metavar="PATTERN", help="run only notebooks matching this glob or substring")
     build = commands.add_parser("build", help="render the Jupyter Book (no execution; warnings are errors)")
     build.add_argument("--source", type=Path, default=REPO / "book", help="book source folder")
+    check = commands.add_parser("check-book", help="open every page of the built book in headless Chromium")
+    check.add_argument("--html", type=Path, default=REPO / "book" / "_build" / "html", help="built HTML folder")
     args = parser.parse_args(argv)
-    if args.command == "build":
-        return build_book(args.source)
-    return 2
+    if args.command == "check-book":
+        from .bookcheck import check_book
+
+        report = check_book(args.html)
+        shown = report.problems[:40] + ([f"... and {len(report.problems) - 40} more"] if len(report.problems) > 40 else [])
+        print("\n".join(shown + [report.summary()]))
+        return 1 if report.problems else 0
+    if args.command == "run":
+        return report_failures(run_notebooks(args.profile, only=args.only))
+    return build_book(args.source)
 
 
 if __name__ == "__main__":

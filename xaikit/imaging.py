@@ -67,6 +67,17 @@ def preprocess(model: nn.Module, images, *, squash: bool = False) -> torch.Tenso
     return batch.to(device=param.device, dtype=param.dtype)
 
 
+def to_display(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
+    """Undo `preprocess`'s normalisation: uint8 (B, H, W, 3) pictures of what the model sees."""
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=model)
+    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    pixels = (batch.detach().float().cpu() * std + mean).clamp(0, 1) * 255
+    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def upsample(maps: torch.Tensor, size: int | Sequence[int], mode: str = "bilinear") -> torch.Tensor:
     """Token maps (B, gh, gw) -> pixel maps (B, H, W), interpolated with `mode` (align_corners=False)."""
     if mode not in UPSAMPLE_MODES:

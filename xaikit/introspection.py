@@ -29,12 +29,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import InvalidParameterError, UnsupportedModelError
 
-RECORDABLE = ("input", "norm1", "attn", "values", "attn_out", "norm2", "mlp_out")
+#: recorded name -> (module of the block whose output is recorded, what it is)
+HOOK_POINTS = {
+    "input": ("(block input)", "residual stream entering the block"),
+    "norm1": ("norm1", "LayerNorm-ed tokens entering attention"),
+    "attn": ("attn.attn_drop", "attention probabilities A after softmax"),
+    "values": ("attn.qkv", "per-head value vectors v (a slice of the qkv output)"),
+    "attn_out": ("ls1", "attention branch added to the residual (after proj and layer scale)"),
+    "norm2": ("norm2", "LayerNorm-ed tokens entering the MLP"),
+    "mlp_out": ("ls2", "MLP branch added to the residual (after layer scale)"),
+}
+RECORDABLE = tuple(HOOK_POINTS)
+
+
+def _submodule(block: nn.Module, path: str) -> nn.Module:
+    module = block
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
 
 
 @dataclass
@@ -169,17 +187,9 @@ class ViTRecorder:
         self._handles.append(model.register_forward_pre_hook(self._start_forward))
         for i, blk in enumerate(model.blocks):
             self._handles.append(blk.register_forward_pre_hook(self._saver(i, "input", from_input=True)))
-            targets = {
-                "norm1": blk.norm1,
-                "attn": blk.attn.attn_drop,
-                "values": blk.attn.qkv,
-                "attn_out": getattr(blk, "ls1", blk.attn),
-                "norm2": blk.norm2,
-                "mlp_out": getattr(blk, "ls2", blk.mlp),
-            }
-            for name, module in targets.items():
-                if name in self.record or name in self.grad_names:
-                    self._handles.append(module.register_forward_hook(self._saver(i, name)))
+            for name, (path, _) in HOOK_POINTS.items():
+                if name != "input" and (name in self.record or name in self.grad_names):
+                    self._handles.append(_submodule(blk, path).register_forward_hook(self._saver(i, name)))
 
     def _start_forward(self, module: nn.Module, args: tuple) -> None:
         images = args[0]
@@ -229,3 +239,25 @@ class ViTRecorder:
     def _require_forward(self) -> None:
         if not self.blocks:
             raise RuntimeError("nothing recorded yet: run the model on a batch inside the `with` block first")
+
+
+def describe(model: nn.Module) -> dict[str, object]:
+    """The facts about a timm ViT that explanations depend on."""
+    check_vit(model)
+    attn = model.blocks[0].attn
+    return {
+        "class": type(model).__name__,
+        "input size": tuple(model.patch_embed.img_size),
+        "patch size": tuple(model.patch_embed.patch_size),
+        "token grid (gh, gw)": token_grid(model),
+        "prefix tokens": int(model.num_prefix_tokens),
+        "register tokens": int(getattr(model, "num_reg_tokens", 0)),
+        "tokens N": int(model.num_prefix_tokens) + int(np.prod(token_grid(model))),
+        "blocks": len(model.blocks),
+        "heads": attn.num_heads,
+        "embedding dim D": model.embed_dim,
+        "head dim": attn.head_dim,
+        "layer scale": type(model.blocks[0].ls1).__name__ != "Identity",
+        "classes": model.num_classes,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

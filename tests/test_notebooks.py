@@ -1,0 +1,140 @@
+"""Every notebook: well-formed parameters, runs in the smoke profile, renders into the book, and
+stops in the paper profile with a clear message when the paper's data or weights are missing."""
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from xaikit.cli import build_book
+from xaikit.runner import NOTEBOOKS, notebooks_in_book_order, report_failures, run_notebook, run_notebooks, toc_entries
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_NAMES = notebooks_in_book_order()
+
+
+def parameters_cell(path: Path):
+    cells = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{path} needs exactly one cell tagged 'parameters'"
+    return cells[0]
+
+
+def check_parameters(path: Path) -> None:
+    """The rules of a parameters cell: profile first, then typed literals, each with a # help comment."""
+    cell = parameters_cell(path)
+    assert cell.source.splitlines()[0] == 'profile: str = "demo"  # smoke | demo | paper', f"{path}: profile must come first"
+    parameters = papermill.inspect_notebook(str(path))
+    for parameter in parameters.values():
+        assert parameter["inferred_type_name"] != "None", f"{path}: {parameter['name']} has no type annotation"
+        assert parameter["help"], f"{path}: {parameter['name']} has no '# help' comment"
+    code_lines = [line for line in cell.source.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(code_lines) == len(parameters), f"{path}: every line of the parameters cell must be one parameter"
+
+
+def test_there_are_notebooks_and_all_are_in_the_book():
+    assert len(NOTEBOOK_NAMES) >= 3
+    listed = toc_entries()
+    assert [n for n in NOTEBOOK_NAMES if n not in listed] == []
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_parameters_are_typed_literals_with_help(name):
+    check_parameters(NOTEBOOKS / f"{name}.ipynb")
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_notebooks_are_stored_without_outputs(name):
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in notebook.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda source: source.replace('profile: str = "demo"  # smoke | demo | paper\n', ""),  # no profile
+        lambda source: source.replace("n_images: int = 0", "n_images = 0"),  # untyped
+        lambda source: source.replace("  # images", "  #"),  # no help
+    ],
+)
+def test_the_parameter_rules_catch_broken_cells(tmp_path, edit):
+    notebook = nbformat.read(NOTEBOOKS / "foundations/01_anatomy.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = edit(cell.source + "\n")
+    nbformat.write(notebook, tmp_path / "broken.ipynb")
+    with pytest.raises(AssertionError):
+        check_parameters(tmp_path / "broken.ipynb")
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    """The book's sources with every notebook executed in the smoke profile."""
+    work = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(ROOT / "book", work / "book", ignore=shutil.ignore_patterns("_build", "_run", "*.ipynb"))
+    shutil.copy(ROOT / "_config.yml", work / "_config.yml")
+    runs = run_notebooks("smoke", dest=work / "book", log=lambda *_: None)
+    return work, runs
+
+
+def test_every_notebook_runs_in_the_smoke_profile(smoke_book):
+    work, runs = smoke_book
+    failures = {run.notebook: run.error[-2000:] for run in runs if not run.ok}
+    assert failures == {}
+    assert sorted(run.notebook for run in runs) == sorted(NOTEBOOK_NAMES)
+    timings = (work / "book" / "_run" / "timings-smoke.csv").read_text().splitlines()
+    assert timings[0] == "notebook,profile,ok,wall_seconds,peak_memory_mb" and len(timings) == 1 + len(runs)
+    assert all(float(line.split(",")[4]) > 50 for line in timings[1:])  # the kernel's memory was sampled
+    for run in runs:
+        notebook = nbformat.read(run.output, as_version=4)
+        injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and "remove-cell" in injected[0].metadata.tags  # hidden in the book
+        assert 'profile = "smoke"' in injected[0].source
+
+
+def test_the_book_builds_from_the_smoke_outputs_and_renders_in_a_browser(smoke_book):
+    work, _ = smoke_book
+    assert build_book(work / "book", work / "_config.yml") == 0  # warnings are errors
+    html = work / "book" / "_build" / "html"
+    for name in NOTEBOOK_NAMES:
+        page = (html / f"{name}.html").read_text()
+        assert 'profile = "smoke"' not in page  # the injected cell is not shown (a missing glue fails the build)
+    from xaikit.bookcheck import check_book, find_browser
+
+    if find_browser() is None:
+        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    report = check_book(html)
+    assert report.problems == []
+    assert len(report.pages) >= 1 + len(NOTEBOOK_NAMES) and report.images >= len(NOTEBOOK_NAMES)
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_paper_profile_runs_or_says_what_is_missing(name, tmp_path):
+    run = run_notebook(name, "paper", source=NOTEBOOKS, dest=tmp_path)
+    if not run.ok:
+        assert any(kind in run.error for kind in ("WeightsUnavailableError", "DataUnavailableError")), run.error[-2000:]
+        assert "download" in run.error.lower()
+
+
+def test_runner_keeps_going_and_reports_failures(tmp_path):
+    source = tmp_path / "notebooks" / "demo"
+    source.mkdir(parents=True)
+    for name, code in {"01_ok": "x = 1", "02_fails": "raise ValueError('boom')", "03_ok": "y = 2"}.items():
+        notebook = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_code_cell('profile: str = "demo"  # smoke | demo | paper', metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(code),
+        ])
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(notebook, source / f"{name}.ipynb")
+    lines = []
+    runs = run_notebooks("smoke", source=tmp_path / "notebooks", dest=tmp_path / "out", log=lines.append)
+    assert [(r.notebook, r.ok) for r in runs] == [("demo/01_ok", True), ("demo/02_fails", False), ("demo/03_ok", True)]
+    assert "boom" in runs[1].error
+    kept = nbformat.read(tmp_path / "out" / "demo" / "02_fails.ipynb", as_version=4)
+    assert any(o.get("ename") == "ValueError" for c in kept.cells for o in c.get("outputs", []))
+    messages = []
+    assert report_failures(runs, log=messages.append) == 1
+    assert "demo/02_fails" in messages[0] and "02_fails.ipynb" in messages[0]
+    assert report_failures([runs[0]], log=messages.append) == 0
+    only = run_notebooks("smoke", only="*03*", source=tmp_path / "notebooks", dest=tmp_path / "out", log=lines.append)
+    assert [r.notebook for r in only] == ["demo/03_ok"]
