@@ -1,6 +1,7 @@
 """Every notebook: well-formed parameters, runs in the smoke profile, renders into the book, and
 stops in the paper profile with a clear message when the paper's data or weights are missing."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_notebooks_are_stored_without_outputs(name):
     [
         lambda source: source.replace('profile: str = "demo"  # smoke | demo | paper\n', ""),  # no profile
         lambda source: source.replace("n_images: int = 0", "n_images = 0"),  # untyped
-        lambda source: source.replace("  # images", "  #"),  # no help
+        lambda source: re.sub(r"(n_images: int = 0)\s*#.*", r"\1", source),  # no help
     ],
 )
 def test_the_parameter_rules_catch_broken_cells(tmp_path, edit):
@@ -109,11 +110,17 @@ def test_the_book_builds_from_the_smoke_outputs_and_renders_in_a_browser(smoke_b
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_NAMES)
-def test_paper_profile_runs_or_says_what_is_missing(name, tmp_path):
+def test_paper_profile_says_what_is_missing(name, tmp_path, monkeypatch):
+    """With no hub, no local weights and no ImageNet, the paper profile stops with a message saying
+    what to download and where to put it (the kernel inherits this environment)."""
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # RFC 2606: never resolves
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("XAIKIT_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("XAIKIT_IMAGENET_VAL", str(tmp_path / "imagenet"))
     run = run_notebook(name, "paper", source=NOTEBOOKS, dest=tmp_path)
-    if not run.ok:
-        assert any(kind in run.error for kind in ("WeightsUnavailableError", "DataUnavailableError")), run.error[-2000:]
-        assert "download" in run.error.lower()
+    assert not run.ok
+    assert any(kind in run.error for kind in ("WeightsUnavailableError", "DataUnavailableError")), run.error[-2000:]
+    assert "download" in run.error.lower() and "XAIKIT_" in run.error
 
 
 def test_runner_keeps_going_and_reports_failures(tmp_path):

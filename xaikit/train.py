@@ -102,7 +102,9 @@ RECIPES: dict[str, TrainConfig] = {
         name="demo-shapes-vit",
         data="shapes",
         timm_kwargs=_vit_kwargs(96, 4, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-        epochs=20,
+        # 30,000 images for 20 epochs reached 94.5 %: more distinct images, not more passes.
+        data_kwargs={"n_train": 50000},
+        epochs=24,
         batch_size=128,
         lr=1e-3,
         warmup_epochs=1.0,
@@ -158,7 +160,11 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
-    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), name)
+    return f"CPU: {name}, {torch.get_num_threads()} threads"
 
 
 def train(

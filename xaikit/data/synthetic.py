@@ -170,13 +170,8 @@ def _check_leading(name: str, n: int, **arrays: np.ndarray | None) -> None:
 
 
 @dataclass(frozen=True)
-class ShapesSet:
-    """Output of :func:`make_shapes`.
-
-    images: uint8 (n, H, W, 3) RGB; labels: int64 (n,) indices into ``class_names``;
-    masks: bool (n, H, W), exactly the object's pixels; importance: float32 (n, H, W) in
-    [0, 1] with maximum 1 per image, or None when not requested.
-    """
+class _ObjectImages:
+    """Images of shape objects with their labels, masks and importance maps."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -187,7 +182,7 @@ class ShapesSet:
 
     def __post_init__(self) -> None:
         _check_leading(
-            "ShapesSet", len(self.images), labels=self.labels, masks=self.masks,
+            type(self).__name__, len(self.images), labels=self.labels, masks=self.masks,
             importance=self.importance,
         )
 
@@ -196,28 +191,22 @@ class ShapesSet:
 
 
 @dataclass(frozen=True)
-class PairsSet:
+class ShapesSet(_ObjectImages):
+    """Output of :func:`make_shapes`.
+
+    images: uint8 (n, H, W, 3) RGB; labels: int64 (n,) indices into ``class_names``;
+    masks: bool (n, H, W), exactly the object's pixels; importance: float32 (n, H, W) in
+    [0, 1] with maximum 1 per image, or None when not requested.
+    """
+
+
+@dataclass(frozen=True)
+class PairsSet(_ObjectImages):
     """Output of :func:`make_pairs`.
 
     images: uint8 (n, H, W, 3) RGB; labels: int64 (n, 2), two distinct classes per image;
     masks: bool (n, 2, H, W), disjoint; importance: float32 (n, 2, H, W) or None.
     """
-
-    images: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-    importance: np.ndarray | None
-    class_names: tuple[str, ...] = SHAPE_CLASSES
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check_leading(
-            "PairsSet", len(self.images), labels=self.labels, masks=self.masks,
-            importance=self.importance,
-        )
-
-    def __len__(self) -> int:
-        return len(self.images)
 
 
 @dataclass(frozen=True)
