@@ -104,15 +104,15 @@ def check_vit(model: nn.Module) -> None:
         attn = getattr(block, "attn", None)
         missing = [
             part
-            for part, owner in (("norm1", block), ("norm2", block), ("mlp", block), ("attn", block))
-            if not hasattr(owner, part)
+            for part in ("norm1", "attn", "ls1", "norm2", "mlp", "ls2")
+            if not hasattr(block, part)
         ]
         missing += [part for part in ("qkv", "attn_drop", "proj") if attn is not None and not hasattr(attn, part)]
         if missing:
             raise UnsupportedModelError(
                 f"block {i} of {found} ({type(block).__qualname__}, attention "
                 f"{type(attn).__qualname__}) lacks {', '.join(missing)}; xaikit hooks timm's standard "
-                "Block/Attention (norm1, attn.qkv, attn.attn_drop, attn.proj, norm2, mlp)."
+                "Block/Attention (norm1, attn.qkv, attn.attn_drop, attn.proj, ls1, norm2, mlp, ls2)."
             )
 
 
