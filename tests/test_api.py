@@ -58,6 +58,9 @@ def test_batched_equals_one_image_at_a_time(model, images):
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-7)
     chunked = xaikit.explain(model, images, "gae", targets=[0, 1, 2, 3, 4], batch_size=2)
     torch.testing.assert_close(chunked, batched, rtol=1e-5, atol=1e-7)
+    same_class = xaikit.explain(model, images, "gae", targets=3)
+    for scalar in (np.int64(3), torch.tensor(3)):
+        torch.testing.assert_close(xaikit.explain(model, images, "gae", targets=scalar, batch_size=2), same_class, rtol=1e-5, atol=1e-7)
 
 
 def test_target_forms_agree(model, images):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,7 +38,8 @@ def explain(
         return explainer(images, targets)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be a positive int or None; got {batch_size!r}")
-    per_image = not (targets is None or isinstance(targets, int) or callable(targets))
+    scalar = isinstance(targets, (int, np.integer)) or (isinstance(targets, (np.ndarray, torch.Tensor)) and targets.ndim == 0)
+    per_image = not (targets is None or scalar or callable(targets))
     chunks = []
     for start in range(0, len(images), batch_size):
         chunk_targets = targets[start : start + batch_size] if per_image else targets

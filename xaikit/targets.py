@@ -44,6 +44,8 @@ def resolve_targets(targets: Target, logits: torch.Tensor) -> tuple[torch.Tensor
         classes = torch.full((batch,), int(targets), dtype=torch.long, device=logits.device)
     else:
         classes = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
+        if classes.ndim == 0:  # a 0-d array or tensor is one class for every image, like an int
+            classes = classes.expand(batch)
         if classes.dtype.is_floating_point or classes.dtype == torch.bool or classes.shape != (batch,):
             raise InvalidParameterError(
                 f"targets must hold one integer class index per image, shape ({batch},); "
