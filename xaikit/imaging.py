@@ -67,13 +67,18 @@ def preprocess(model: nn.Module, images, *, squash: bool = False) -> torch.Tenso
     return batch.to(device=param.device, dtype=param.dtype)
 
 
-def to_display(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
-    """Undo `preprocess`'s normalisation: uint8 (B, H, W, 3) pictures of what the model sees."""
+def mean_std(model: nn.Module, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input normalisation (timm's data config) as (1, 3, 1, 1) tensors."""
     from timm.data import resolve_data_config
 
     config = resolve_data_config({}, model=model)
-    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    return (torch.tensor(config["mean"], device=device).view(1, 3, 1, 1),
+            torch.tensor(config["std"], device=device).view(1, 3, 1, 1))
+
+
+def to_display(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
+    """Undo `preprocess`'s normalisation: uint8 (B, H, W, 3) pictures of what the model sees."""
+    mean, std = mean_std(model)
     pixels = (batch.detach().float().cpu() * std + mean).clamp(0, 1) * 255
     return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

@@ -121,9 +121,9 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 def to_inputs(images_uint8: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) with the model's mean/std."""
-    cfg = model.pretrained_cfg
-    mean = torch.tensor(cfg["mean"], device=images_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], device=images_uint8.device).view(1, 3, 1, 1)
+    from .imaging import mean_std
+
+    mean, std = mean_std(model, images_uint8.device)
     return (images_uint8.permute(0, 3, 1, 2).float() / 255 - mean) / std
 
 
