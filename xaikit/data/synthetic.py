@@ -286,6 +286,18 @@ def _check_range(name: str, value: object, low: float, high: float) -> tuple[flo
     return lo, hi
 
 
+def _check_shape_geometry(
+    scale_range: object, max_scale: float, size: object, min_size: int, also_needed: str = ""
+) -> tuple[float, float, int]:
+    """(low, high, size) for the shape generators, whose smallest radius must span 3 px."""
+    lo, hi = _check_range("scale_range", scale_range, 0.0, max_scale)
+    if lo <= 0:
+        raise InvalidParameterError(f"scale_range={scale_range!r}: low must be > 0.")
+    size = _check_size(size, max(min_size, math.ceil(3.0 / lo)),
+                       f"the smallest shape (radius {lo} * size) must be >= 3 px wide{also_needed}")
+    return lo, hi, size
+
+
 def _check_sigma(sigma: object, size: int) -> float:
     if sigma is None:
         return size / 16.0
@@ -466,11 +478,7 @@ def make_shapes(
     """
     n = _check_count(n)
     seed = _check_seed(seed)
-    lo, hi = _check_range("scale_range", scale_range, 0.0, 0.45)
-    if lo <= 0:
-        raise InvalidParameterError(f"scale_range={scale_range!r}: low must be > 0.")
-    size = _check_size(size, max(16, math.ceil(3.0 / lo)),
-                       f"the smallest shape (radius {lo} * size) must be >= 3 px wide")
+    lo, hi, size = _check_shape_geometry(scale_range, 0.45, size, 16)
     sigma = _check_sigma(importance_sigma, size)
     canvas = _Canvas(size)
     images = np.empty((n, size, size, 3), np.uint8)
@@ -509,12 +517,7 @@ def make_pairs(
     """
     n = _check_count(n)
     seed = _check_seed(seed)
-    lo, hi = _check_range("scale_range", scale_range, 0.0, 0.22)
-    if lo <= 0:
-        raise InvalidParameterError(f"scale_range={scale_range!r}: low must be > 0.")
-    size = _check_size(size, max(32, math.ceil(3.0 / lo)),
-                       f"the smallest shape (radius {lo} * size) must be >= 3 px wide and "
-                       "two shapes must fit side by side")
+    lo, hi, size = _check_shape_geometry(scale_range, 0.22, size, 32, " and two shapes must fit side by side")
     sigma = _check_sigma(importance_sigma, size)
     canvas = _Canvas(size)
     images = np.empty((n, size, size, 3), np.uint8)
