@@ -16,7 +16,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -158,9 +158,10 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
     return correct / len(images)
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"GPU: {torch.cuda.get_device_name(0)}"
+def hardware(device: str) -> str:
+    """The processor that `device` names, for the model card."""
+    if torch.device(device).type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
     name = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -206,10 +207,11 @@ def train(
     )
     generator = torch.Generator().manual_seed(config.seed)
     state = {"step": 0, "train_seconds": 0.0, "history": []}
+    recipe_json = json.dumps(asdict(config), sort_keys=True)  # identifies the run a checkpoint belongs to
 
     if checkpoint_path.exists():
         saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if saved["config"] != json.dumps(asdict(config), sort_keys=True):
+        if saved["config"] != recipe_json:
             raise RuntimeError(f"{checkpoint_path} was written by another recipe; delete it to start afresh")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -225,7 +227,7 @@ def train(
             "schedule": schedule.state_dict(),
             "generator": generator.get_state(),
             "state": json.dumps(state),
-            "config": json.dumps(asdict(config), sort_keys=True),
+            "config": recipe_json,
         }
         torch.save(payload, checkpoint_path.with_suffix(".tmp"))
         os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)  # never leave a half-written checkpoint
@@ -264,11 +266,12 @@ def train(
         state["train_seconds"] += time.monotonic() - started
         if state["step"] % steps_per_epoch == 0:
             monitored = accuracy(model, test_set.images[monitor], np.asarray(test_set.labels)[monitor])
+            train_loss = epoch_loss / max(1, epoch_batches)
             state["history"].append(
-                {"epoch": epoch + 1, "train_loss": epoch_loss / max(1, epoch_batches), "monitor_accuracy": monitored,
+                {"epoch": epoch + 1, "train_loss": train_loss, "monitor_accuracy": monitored,
                  "train_seconds": round(state["train_seconds"], 1)}
             )
-            log(f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss / max(1, epoch_batches):.3f}, "
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f}, "
                 f"accuracy on {len(monitor)} test images {monitored:.3f}, {state['train_seconds']:.0f} s")
         save_checkpoint()
         last_save = time.monotonic()
@@ -291,7 +294,7 @@ def train(
         "seed": config.seed,
         "epochs": config.epochs,
         "test_accuracy": test_accuracy,
-        "hardware": hardware(),
+        "hardware": hardware(device),
         "device": device,
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = RECIPES[args.recipe]
     if args.epochs:
-        config = TrainConfig(**{**asdict(config), "epochs": args.epochs})
+        config = replace(config, epochs=args.epochs)
     torch.set_num_threads(args.threads)
     train(config, out_dir=args.out_dir, work_dir=args.work_dir)
 
