@@ -18,8 +18,11 @@ name            shape            what
                                  scale)
 ==============  ===============  =================================================
 
-Names listed in ``grads`` also get their gradient recorded when a backward
-pass runs (``record.grads["attn"]`` is dL/dA). While the context is open
+Names listed in ``grads`` also get their gradient recorded:
+``recorder.backprop(score)`` takes ``torch.autograd.grad`` of a scalar score with
+respect to exactly those tensors (``record.grads["attn"]`` is dscore/dA), so no
+parameter gradient is computed and no ``.grad`` is touched. A user's own
+``score.backward()`` inside the context records them too. While the context is open
 timm's fused attention is switched off (it never materialises ``A``); on exit
 every hook is removed and ``fused_attn`` is restored, also after an exception.
 """
@@ -84,7 +87,7 @@ class BlockRecord:
         if name not in self.grads:
             raise RuntimeError(
                 f"block {self.index}: no gradient of {name!r}; open the recorder with "
-                f"grads=(..., {name!r}) and call backward() on a score of the model output"
+                f"grads=(..., {name!r}) and call recorder.backprop(score) (or score.backward()) on a score of the model output"
             )
         return self.grads[name]
 
@@ -131,7 +134,7 @@ class ViTRecorder:
     ----------
     model: a timm ``VisionTransformer``.
     record: names from ``RECORDABLE`` to keep (default: all).
-    grads: names whose gradients to keep after ``backward()`` (default: none).
+    grads: names whose gradients to keep after ``backprop(score)`` (default: none).
     detach: store detached activations (default) so records do not hold the graph.
     """
 
@@ -153,6 +156,8 @@ class ViTRecorder:
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self.grid = token_grid(model)
         self.blocks: list[BlockRecord] = []
+        #: the live (graph-attached) tensors whose gradients are recorded, in forward order
+        self.grad_tensors: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._saved_fused: list[tuple[nn.Module, bool]] = []
 
@@ -195,6 +200,7 @@ class ViTRecorder:
         images = args[0]
         self.grid = token_grid(self.model, tuple(images.shape[-2:]))
         self.blocks = [BlockRecord(i) for i in range(len(self.model.blocks))]
+        self.grad_tensors = []
 
     def _saver(self, index: int, name: str, from_input: bool = False):
         def hook(module: nn.Module, args: tuple, output=None) -> None:
@@ -206,6 +212,7 @@ class ViTRecorder:
                 setattr(record, name, select(tensor.detach() if self.detach else tensor))
             if name in self.grad_names and tensor.requires_grad:
                 tensor.register_hook(self._grad_saver(record, name, select))
+                self.grad_tensors.append(tensor)
 
         return hook
 
@@ -225,6 +232,22 @@ class ViTRecorder:
             record.grads[name] = select(grad.detach())
 
         return hook
+
+    # -- gradients ------------------------------------------------------------------
+    def backprop(self, score: torch.Tensor) -> None:
+        """Record the gradients of the scalar `score` with respect to the ``grads`` tensors only.
+
+        ``torch.autograd.grad`` on the recorded tensors: no parameter gradient is
+        computed (about half the work of ``score.backward()``) and no ``.grad`` is
+        written, so a caller's own gradients are left exactly as they were.
+        """
+        self._require_forward()
+        if not self.grad_tensors:
+            raise InvalidParameterError(
+                "no recorded tensor requires grad: open the recorder with grads=(...) and run the forward "
+                "pass with gradients enabled (not under torch.no_grad() or torch.inference_mode())"
+            )
+        torch.autograd.grad(score, self.grad_tensors)
 
     # -- access ---------------------------------------------------------------------
     def stacked(self, name: str, grad: bool = False) -> torch.Tensor:

@@ -100,9 +100,10 @@ class Explainer:
                 classes = None
                 if needs_backward:
                     scores, classes = resolve_targets(targets, logits)
-                    # Images are independent in eval mode, so one backward of the sum
-                    # gives every image the gradient of its own score.
-                    scores.sum().backward()
+                    # Images are independent in eval mode, so the gradient of the sum gives
+                    # every image the gradient of its own score; only the recorded tensors'
+                    # gradients are computed (never the parameters').
+                    recorder.backprop(scores.sum())
             with torch.no_grad():
                 tokens = self.token_scores(recorder, logits.detach(), classes)
             gh, gw = recorder.grid
