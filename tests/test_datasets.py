@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import stat
 import tarfile
 import time
 import zipfile
@@ -31,6 +33,7 @@ from xaikit.data.manifests import (
     sha256_of,
 )
 from xaikit.errors import DataIntegrityError, DataUnavailableError, InvalidParameterError, UnsafeArchiveError
+from xaikit.fileio import atomic_write, current_umask, make_temp_dir, umask_mode
 
 SHARED_JPEG_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 RECORD_BYTES = 3073
@@ -499,3 +502,57 @@ def test_load_real_cifar10_test_split():
     assert np.bincount(data.labels).tolist() == [1000] * 10
     assert "JPEG" in data.source
     assert elapsed < 20, f"decoding the 10,000 test JPEGs took {elapsed:.1f} s"
+
+
+# ----------------------------------------------------------------------------- file permissions
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+def mode_of(path: Path) -> str:
+    return oct(stat.S_IMODE(path.stat().st_mode))
+
+
+def test_cache_files_get_the_umask_permissions(umask, tmp_path):
+    # A cache shared by a group must stay readable by it: downloads, decoded arrays and extracted
+    # folders get 0o666 / 0o777 filtered by the umask, not the 0o600 / 0o700 of tempfile.
+    archive = write_tar(tmp_path / "tiny.tar.gz", [("data/a.txt", b"hello")])
+    downloaded = fetch(manifest_for(archive), downloader=copying_downloader(archive, []), progress=False)
+    read_cifar10_jpeg(write_tiny_cifar_jpeg(tmp_path / "test.tar.gz"), "test")
+
+    (decoded,) = (tmp_path / "cache" / "cifar10" / "decoded").glob("*.npz")
+    (extracted,) = (tmp_path / "cache" / "cifar10" / "extracted").iterdir()
+    assert mode_of(downloaded) == mode_of(decoded) == oct(0o666 & ~umask)
+    assert mode_of(extracted) == oct(0o777 & ~umask)
+    assert [p.name for p in decoded.parent.iterdir()] == [decoded.name]  # no temporary file left
+
+
+def test_atomic_write_replaces_whole_files_or_leaves_the_old_one(umask, tmp_path):
+    target = tmp_path / "new" / "card.json"
+    with atomic_write(target, "w") as handle:
+        handle.write("old")
+    assert target.read_text() == "old" and mode_of(target) == oct(0o666 & ~umask)
+    assert mode_of(target.parent) == oct(0o777 & ~umask)
+
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_write(target) as handle:
+            handle.write(b"half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["card.json"]
+
+    with atomic_write(target) as handle:
+        handle.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert current_umask() == umask and umask_mode(0o777) == 0o777 & ~umask
+    assert mode_of(make_temp_dir(tmp_path, ".partial-")) == oct(0o777 & ~umask)
+    with pytest.raises(InvalidParameterError, match="atomic_write opens files"):
+        with atomic_write(target, "a"):
+            pass

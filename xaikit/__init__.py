@@ -31,13 +31,20 @@ def explain(
     `targets` is None (predicted class), a class index, B class indices or a
     callable from logits to one score per image; `params` are the method's
     settings (`xaikit.get_method(name)` documents them). With `batch_size`
-    the images are explained in chunks of that many.
+    the images are explained in chunks of that many; images and targets are
+    checked as a whole first. An empty batch (0 images) gives an empty
+    (0, gh, gw) result, with or without `batch_size`. The model runs in eval
+    mode; its own train/eval flags are restored afterwards.
     """
     explainer = get_method(method).create(model, **params)
     if batch_size is None:
         return explainer(images, targets)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be a positive int or None; got {batch_size!r}")
+    batch_size = int(batch_size)
+    explainer.check_inputs(images, targets)
+    if len(images) <= batch_size:
+        return explainer(images, targets)
     scalar = isinstance(targets, (int, np.integer)) or (isinstance(targets, (np.ndarray, torch.Tensor)) and targets.ndim == 0)
     per_image = not (targets is None or scalar or callable(targets))
     chunks = []

@@ -103,6 +103,19 @@ def check_vit(model: nn.Module) -> None:
             f"VisionTransformer or a subclass such as DeiT's VisionTransformerDistilled); got {found}. "
             "Create the model with xaikit.load_model(name) or timm.create_model('vit_...')."
         )
+    from timm.layers import PatchEmbed
+
+    patch_embed = getattr(model, "patch_embed", None)
+    if not isinstance(patch_embed, PatchEmbed):
+        stem = (
+            " (a CNN backbone before the transformer, as in timm's hybrid vit_*_r50_* / vit_*_r26_* models)"
+            if hasattr(patch_embed, "backbone") else ""
+        )
+        raise UnsupportedModelError(
+            f"{found} embeds its images with {type(patch_embed).__qualname__}{stem}; xaikit reads the patch grid "
+            "and the input channels from a plain patch embedding (timm.layers.PatchEmbed, one strided convolution "
+            "over the pixels), so it cannot explain this model. Use a plain ViT such as vit_base_patch16_224."
+        )
     for i, block in enumerate(model.blocks):
         attn = getattr(block, "attn", None)
         missing = [

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 import socket
 import sys
 import threading
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from .errors import InvalidParameterError, WeightsUnavailableError
+from .errors import DataIntegrityError, InvalidParameterError, WeightsUnavailableError
 from .introspection import check_vit
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -50,11 +52,25 @@ def load_model(
     """A timm ViT in eval mode, with pretrained weights unless ``pretrained=False``.
 
     `timm_kwargs` go to ``timm.create_model`` (e.g. ``num_classes``, ``img_size``).
+    Demo models (``demo-...``) always load their shipped weights and take only
+    ``device=``. ``hf-hub:timm/<name>`` is the timm name ``<name>``; other
+    ``hf-hub:`` names are loaded by timm from the Hugging Face Hub (online only).
     """
     from . import demo_models
 
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidParameterError(
+            f"load_model needs a model name (a str); got {name!r}. Demo models: "
+            f"{', '.join(demo_models.DEMO_MODELS)}; timm ViTs: timm.list_models('vit*'), e.g. 'vit_base_patch16_224.augreg_in21k'"
+        )
+    if name.startswith("hf-hub:timm/"):
+        # timm's own Hub repos are named after the timm model: use the local-first path below.
+        name = name.removeprefix("hf-hub:timm/")
     if name in demo_models.DEMO_MODELS:
+        _refuse_demo_options(name, weights=weights, pretrained=pretrained, timm_kwargs=timm_kwargs)
         model = demo_models.load_demo_model(name)
+    elif name.startswith("hf-hub:"):
+        model = _create_from_hub(name, weights=weights, pretrained=pretrained, **timm_kwargs)
     else:
         model = _create(name, **timm_kwargs)
         check_vit(model)
@@ -68,12 +84,58 @@ def load_model(
     return model
 
 
+def _refuse_demo_options(name: str, *, weights, pretrained: bool, timm_kwargs: dict) -> None:
+    from .demo_models import model_card
+
+    given = [f"weights={weights!r}"] if weights is not None else []
+    given += ["pretrained=False"] if not pretrained else []
+    given += [f"{key}={value!r}" for key, value in timm_kwargs.items()]
+    if not given:
+        return
+    card = model_card(name)
+    settings = ", ".join(f"{k}={v!r}" for k, v in card["timm_kwargs"].items() if k != "pretrained_cfg_overlay")
+    raise InvalidParameterError(
+        f"demo model {name!r} always loads its shipped weights and takes only device=; got {', '.join(given)}. "
+        f"For its architecture with other weights or settings call "
+        f"xaikit.load_model({card['architecture']!r}, pretrained=False, {settings}) and change what you need "
+        "(weights='file', num_classes=...)"
+    )
+
+
+def _create_from_hub(name: str, *, weights, pretrained: bool, **timm_kwargs) -> nn.Module:
+    """A model whose config (and weights) timm reads from a Hugging Face Hub repo."""
+    import timm
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    repo = name.removeprefix("hf-hub:")
+    fix = (
+        f"  fix: on a machine with internet access run timm.create_model({name!r}, pretrained=True) once (it fills the "
+        "Hugging Face cache), or download the repo's files and load them with "
+        "xaikit.load_model('<timm architecture of the repo>', weights='path/to/model.safetensors', **its settings)."
+    )
+    reason = _unreachable(urlparse(endpoint).hostname)
+    if reason is not None:
+        raise WeightsUnavailableError(
+            f"cannot load {name!r}: hf-hub: names are read from the Hugging Face Hub ({endpoint}/{repo}), and {reason}.\n{fix}"
+        )
+    try:
+        model = timm.create_model(name, pretrained=pretrained and weights is None, **timm_kwargs)
+    except Exception as err:  # network, missing repo and config errors come in many types
+        raise WeightsUnavailableError(f"timm could not load {name!r} from {endpoint}/{repo} ({type(err).__name__}: {err}).\n{fix}") from err
+    check_vit(model)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
 def _create(name: str, **timm_kwargs) -> nn.Module:
     import timm
 
+    from .demo_models import DEMO_MODELS
+
     architecture = name.split(".", 1)[0]
     if not timm.is_model(architecture):
-        close = difflib.get_close_matches(architecture, timm.list_models(), n=5)
+        close = difflib.get_close_matches(architecture, [*DEMO_MODELS, *timm.list_models()], n=5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise InvalidParameterError(f"timm has no model named {name!r}{hint} (see timm.list_models('vit*'))")
     try:
@@ -86,26 +148,53 @@ def _create(name: str, **timm_kwargs) -> nn.Module:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a weights file; pickled checkpoints are read with ``weights_only=True``."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        raise InvalidParameterError(
+            f"weights= is the folder {path}; pass the weights file itself"
+            + (f", e.g. {path / inside[0]} (found: {', '.join(inside[:5])})" if inside else f" ({', '.join(WEIGHT_SUFFIXES)})")
+        )
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {path} does not exist")
+    redownload = "delete it and download (or re-save) it again"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError on truncated/empty files, OSError, ...
+            raise DataIntegrityError(
+                f"cannot read {path}: it is truncated, empty or not a safetensors file ({type(err).__name__}: {err}); {redownload}"
+            ) from err
     if path.suffix not in WEIGHT_SUFFIXES:
         raise InvalidParameterError(f"weights file {path} has suffix {path.suffix!r}; xaikit reads {', '.join(WEIGHT_SUFFIXES)}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except pickle.UnpicklingError as err:  # holds objects other than tensors and containers
         raise WeightsUnavailableError(
             f"could not read {path} as a weights-only checkpoint ({err}); convert it to .safetensors "
             "on a trusted machine, or re-save the bare state_dict with torch.save"
+        ) from err
+    except Exception as err:
+        raise DataIntegrityError(
+            f"cannot read {path}: it is truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err}); {redownload}"
         ) from err
     # Training checkpoints nest the weights (DeiT: 'model'; Lightning: 'state_dict').
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
-    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    resave = "re-save the weights with torch.save(model.state_dict(), path) or as .safetensors"
+    if not isinstance(checkpoint, dict):
+        raise DataIntegrityError(
+            f"{path} holds a {type(checkpoint).__name__}, not a state_dict (a dict of parameter names to tensors); {resave}"
+        )
+    not_tensors = [str(k) for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise DataIntegrityError(
+            f"{path} is not a state_dict: {_few(not_tensors)} are not tensors "
+            f"(weights nested under 'model', 'state_dict' or 'model_state_dict' are found); {resave}"
+        )
+    return {str(k).removeprefix("module."): v for k, v in checkpoint.items()}
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -113,14 +202,54 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     state_dict = read_state_dict(path)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:
+        _warn_resampling(state_dict, model, path)
         state_dict = filter_fn(state_dict, model)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # tensors of other shapes (e.g. another num_classes)
+        raise WeightsUnavailableError(
+            f"{path} does not fit {type(model).__name__}: {err}\nCheck that the file belongs to this model name "
+            "(and num_classes, embed_dim, depth)."
+        ) from err
     if missing or unexpected:
         raise WeightsUnavailableError(
             f"{path} does not fit {type(model).__name__}: missing {_few(missing)}, unexpected {_few(unexpected)}. "
             "Check that the file belongs to this model name (and num_classes)."
         )
     return model
+
+
+def _warn_resampling(state_dict: dict[str, torch.Tensor], model: nn.Module, path) -> None:
+    """Warn when timm's checkpoint filter will resample the patch embedding or position grid."""
+    patch_weight = state_dict.get("patch_embed.proj.weight")
+    model_patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    changes = []
+    if patch_weight is not None and patch_weight.ndim == 4 and model_patch is not None:
+        old_patch = tuple(patch_weight.shape[-2:])
+        if old_patch != tuple(model_patch):
+            changes.append(f"patch size {_hw(old_patch)} -> {_hw(model_patch)}")
+    pos_embed = state_dict.get("pos_embed")
+    if pos_embed is not None and getattr(model, "pos_embed", None) is not None and pos_embed.ndim == 3:
+        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+        old_tokens = pos_embed.shape[1] - prefix
+        new_grid = tuple(model.patch_embed.grid_size)
+        if old_tokens != new_grid[0] * new_grid[1]:
+            side = round(old_tokens**0.5)
+            old_grid = f"{side}x{side}" if side * side == old_tokens else f"{old_tokens} positions"
+            changes.append(
+                f"position grid {old_grid} -> {_hw(new_grid)} (input {_hw(model.patch_embed.img_size)} px)"
+            )
+    if changes:
+        warnings.warn(
+            f"{path} was trained at another resolution; timm resamples its weights to fit the model: "
+            f"{'; '.join(changes)}. The model may behave differently from the checkpoint; create it with the "
+            "checkpoint's patch_size/img_size to use the weights as trained.",
+            stacklevel=3,
+        )
+
+
+def _hw(size) -> str:
+    return "x".join(str(int(s)) for s in size)
 
 
 def _few(keys: list[str]) -> str:

@@ -13,6 +13,7 @@ Class scores are raw logits, as in the reference code of all three papers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set as AbstractSet
 from typing import Callable, Sequence, Union
 
 import numpy as np
@@ -23,9 +24,61 @@ from .errors import InvalidParameterError
 Target = Union[None, int, Sequence[int], np.ndarray, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
+_TARGET_FORMS = (
+    "targets must be None (the predicted class), an int class index, a list/array/tensor of one int "
+    "class index per image, or a callable mapping the logits (B, C) to one score per image (B,)"
+)
+
+
+def check_targets(targets: Target, batch: int) -> None:
+    """Raise `InvalidParameterError` unless `targets` has a valid form for `batch` images.
+
+    Checks the form and length only; class ranges need the logits (see `resolve_targets`).
+    """
+    if targets is None or callable(targets):
+        return
+    if isinstance(targets, (bool, np.bool_)):
+        raise InvalidParameterError(f"{_TARGET_FORMS}; got a bool ({targets!r})")
+    if isinstance(targets, (int, np.integer)):
+        return
+    if isinstance(targets, (str, bytes)):
+        raise InvalidParameterError(
+            f"{_TARGET_FORMS}; got the string {targets!r}. Targets are class indices: look the name up "
+            f"first, e.g. targets=class_names.index({targets!r})"
+        )
+    if isinstance(targets, (Mapping, AbstractSet)):
+        raise InvalidParameterError(
+            f"{_TARGET_FORMS}; got a {type(targets).__name__}, which has no image order: pass a list of "
+            "class indices in the order of the images"
+        )
+    if isinstance(targets, torch.Tensor):
+        dtype, shape = targets.dtype, tuple(targets.shape)
+        integral = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    else:
+        try:
+            array = np.asarray(targets)
+        except (TypeError, ValueError) as err:  # ragged nesting
+            raise InvalidParameterError(f"{_TARGET_FORMS}; got {type(targets).__name__} ({err})") from None
+        if array.size == 0 and array.ndim == 1:  # [] for an empty batch carries no dtype
+            array = array.astype(np.int64)
+        dtype, shape = array.dtype, array.shape
+        integral = array.dtype.kind in "iu"
+    if not integral:
+        raise InvalidParameterError(
+            f"targets must hold one integer class index per image, shape ({batch},); got dtype {dtype} "
+            f"and shape {shape} ({type(targets).__name__}). {_TARGET_FORMS}"
+        )
+    if shape not in ((), (batch,)):
+        raise InvalidParameterError(
+            f"targets must hold one integer class index per image, shape ({batch},); "
+            f"got dtype {dtype} and shape {shape}"
+        )
+
+
 def resolve_targets(targets: Target, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scores (B,) to differentiate, and the explained class per image (None for a callable)."""
     batch, num_classes = logits.shape
+    check_targets(targets, batch)
     if callable(targets):
         scores = targets(logits)
         if not isinstance(scores, torch.Tensor) or scores.shape != (batch,):
@@ -34,23 +87,23 @@ def resolve_targets(targets: Target, logits: torch.Tensor) -> tuple[torch.Tensor
                 f"a target callable must map logits {tuple(logits.shape)} to one score per image, "
                 f"a tensor of shape ({batch},); it returned {shape}"
             )
+        if logits.requires_grad and not scores.requires_grad:
+            raise InvalidParameterError(
+                "the target callable returned scores that do not depend differentiably on the logits "
+                "(requires_grad=False), so they have no gradient to explain; argmax, comparisons, "
+                ".detach(), .item() or torch.no_grad() inside the callable cut the graph. Return a "
+                "differentiable score such as logits[:, k] or logits.softmax(1)[:, k]"
+            )
         return scores, None
 
     if targets is None:
         classes = logits.argmax(dim=1)
-    elif isinstance(targets, (bool, np.bool_)):
-        raise InvalidParameterError("targets must be None, a class index, B class indices or a callable; got a bool")
     elif isinstance(targets, (int, np.integer)):
         classes = torch.full((batch,), int(targets), dtype=torch.long, device=logits.device)
     else:
         classes = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
         if classes.ndim == 0:  # a 0-d array or tensor is one class for every image, like an int
             classes = classes.expand(batch)
-        if classes.dtype.is_floating_point or classes.dtype == torch.bool or classes.shape != (batch,):
-            raise InvalidParameterError(
-                f"targets must hold one integer class index per image, shape ({batch},); "
-                f"got dtype {classes.dtype} and shape {tuple(classes.shape)}"
-            )
         classes = classes.to(device=logits.device, dtype=torch.long)
     bad = (classes < 0) | (classes >= num_classes)
     if bool(bad.any()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +27,20 @@ class Examples:
 
 
 def load_examples(source: str, n: int, *, seed: int = 0) -> Examples:
-    """`n` evaluation images of `source` (cifar10 test, held-out synthetic shapes, ImageNet val)."""
+    """`n` evaluation images of `source` (cifar10 test, held-out synthetic shapes, ImageNet val).
+
+    `n` and `seed` are non-negative ints (numpy integers too); they are checked here so a
+    bad value is reported as given (``n_images=-3`` in a notebook), not as whatever a loader
+    computed from it.
+    """
+    for name, value in (("n", n), ("seed", seed)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+            raise InvalidParameterError(
+                f"load_examples needs {name} to be a non-negative int"
+                + (" (the number of images; notebooks call it n_images)" if name == "n" else "")
+                + f"; got {value!r}"
+            )
+    n, seed = int(n), int(seed)
     if source == "cifar10":
         from .cifar10 import load_cifar10
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +28,7 @@ from xaikit.data.manifests import (
     sha256_of,
 )
 from xaikit.errors import DataIntegrityError, DataUnavailableError, InvalidParameterError
+from xaikit.fileio import atomic_write, make_temp_dir
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -150,7 +150,7 @@ def _extract_once(archive: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     # Extract beside the final folder and rename at the end, so an interrupted extraction
     # is never mistaken for a complete one.
-    partial = Path(tempfile.mkdtemp(prefix=f".{archive.name}-", dir=final.parent))
+    partial = make_temp_dir(final.parent, prefix=f".{archive.name}-")  # umask permissions, not mkdtemp's 0o700
     try:
         safe_extract(archive, partial)
         try:
@@ -366,11 +366,9 @@ def _load_decoded(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _save_decoded(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary name first so a crash never leaves a half-written cache file.
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp.name, path)
+    # Atomic (a crash never leaves a half-written cache file) and readable as the umask allows.
+    with atomic_write(path) as handle:
+        np.savez(handle, images=images, labels=labels)
 
 
 # ----------------------------------------------------------------------------- entry point

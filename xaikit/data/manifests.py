@@ -35,6 +35,7 @@ from xaikit.errors import (
     UnsafeArchiveError,
     XaikitError,
 )
+from xaikit.fileio import umask_mode
 
 __all__ = [
     "Manifest",
@@ -209,6 +210,9 @@ def fetch(
         # Remember what arrived, so a hash mismatch can report the actual sha256 and size.
         download(url, output_file, pooch_instance)
         if isinstance(output_file, (str, os.PathLike)) and os.path.isfile(output_file):
+            # pooch downloads into a tempfile (mode 0o600) and moves it into the cache: give it the
+            # umask's permissions, as open() would, so a shared cache stays readable.
+            os.chmod(output_file, umask_mode())
             received["sha256"] = sha256_of(output_file)
             received["size"] = os.path.getsize(output_file)
 

@@ -9,14 +9,16 @@ subclass turns the recording into one score per patch token.
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar
+from contextlib import contextmanager
+from typing import ClassVar, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InvalidParameterError
 from ..introspection import ViTRecorder, check_vit
-from ..targets import Target, resolve_targets
+from ..targets import Target, check_targets, resolve_targets
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
 
@@ -63,12 +65,24 @@ class Explainer:
     grads: ClassVar[tuple[str, ...]] = ()
     #: the method reads the class token's row or output
     needs_class_token: ClassVar[bool] = True
+    #: "token": maps (B, gh, gw), one value per patch; "pixel": maps (B, H, W) at the input size
+    #: (token_scores then returns them whole, e.g. full LRP)
+    resolution: ClassVar[str] = "token"
 
     def __init__(self, model: nn.Module) -> None:
         check_vit(model)
         if self.needs_class_token and getattr(model, "cls_token", None) is None:
             raise InvalidParameterError(
                 f"method {self.name!r} reads the class token, but this model has none (class_token=False)"
+            )
+        pool = getattr(model, "global_pool", "token")
+        if self.needs_class_token and pool != "token":
+            # The class token's row only explains the prediction when the head reads that token.
+            raise InvalidParameterError(
+                f"method {self.name!r} reads the class token, but this model's head pools "
+                f"global_pool={pool!r}, not the class token, so the class token's row says nothing about "
+                "its prediction. Explain a model whose head reads the class token (timm's default "
+                "global_pool='token': create the model without global_pool=...)"
             )
         self.model = model
 
@@ -82,18 +96,36 @@ class Explainer:
             raise InvalidParameterError(
                 f"method {cls.name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters are: {listing}"
             )
+        for name, value in params.items():
+            default = valid[name].default
+            if isinstance(default, int) and not isinstance(default, bool):
+                params[name] = _integer_setting(cls.name, name, value)
         return cls(model, **params)
 
     # -- running ---------------------------------------------------------------------
     def __call__(self, images: torch.Tensor, targets: Target = None) -> torch.Tensor:
-        """Token-level maps, float32 (B, gh, gw) on the model's device."""
+        """Maps, float32, on the model's device: (B, gh, gw) per token, or (B, H, W) for pixel methods."""
         return self.attribute(images, targets).float()
 
     def attribute(self, images: torch.Tensor, targets: Target = None) -> torch.Tensor:
-        """Like ``__call__`` but in the model's own dtype (float64 models give float64 maps)."""
+        """Like ``__call__`` but in the model's own dtype (float64 models give float64 maps).
+
+        The model runs in eval mode (no dropout; DeiT's distilled head averages its two
+        outputs); every submodule's ``training`` flag is restored afterwards, also after an
+        exception.
+        """
         images = self._check_images(images)
+        check_targets(targets, images.shape[0])
         needs_backward = self.class_specific and bool(self.grads)
-        with ViTRecorder(self.model, record=self.records, grads=self.grads) as recorder:
+        if needs_backward and torch.is_inference_mode_enabled():
+            raise InvalidParameterError(
+                f"method {self.name!r} needs gradients, which torch.inference_mode() disables (torch.enable_grad() "
+                "cannot override it); call xaikit.explain outside the torch.inference_mode() block "
+                "(under torch.no_grad() it works: explainers turn gradients on themselves)"
+            )
+        if images.is_inference():  # made under inference_mode: a normal copy can require grad
+            images = images.clone()
+        with eval_mode(self.model), ViTRecorder(self.model, record=self.records, grads=self.grads) as recorder:
             with torch.enable_grad() if needs_backward else torch.no_grad():
                 inputs = images.detach().requires_grad_(needs_backward)
                 logits = self.model(inputs)
@@ -107,6 +139,8 @@ class Explainer:
             with torch.no_grad():
                 tokens = self.token_scores(recorder, logits.detach(), classes)
             gh, gw = recorder.grid
+        if self.resolution == "pixel":
+            return tokens
         return tokens.reshape(images.shape[0], gh, gw)
 
     def token_scores(self, recorder: ViTRecorder, logits: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
@@ -114,7 +148,17 @@ class Explainer:
         raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------
+    def check_inputs(self, images: torch.Tensor, targets: Target = None) -> None:
+        """Raise `InvalidParameterError` unless `images` and `targets` are valid inputs (nothing is run)."""
+        self._validate_images(images)
+        check_targets(targets, images.shape[0])
+
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        self._validate_images(images)
+        param = next(self.model.parameters())
+        return images.to(device=param.device, dtype=param.dtype)
+
+    def _validate_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor):
             raise InvalidParameterError(
                 f"images must be a float tensor (B, 3, H, W); got {type(images).__name__}. "
@@ -137,5 +181,32 @@ class Explainer:
                 f"images are {tuple(images.shape[-2:])} pixels but the model takes {expected}; resize them "
                 "with xaikit.preprocess(model, images) or create the model with dynamic_img_size=True"
             )
-        param = next(self.model.parameters())
-        return images.to(device=param.device, dtype=param.dtype)
+        finite = torch.isfinite(images.detach()).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            listing = ", ".join(map(str, bad[:10])) + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else "")
+            raise InvalidParameterError(
+                f"images {listing} contain NaN or infinite pixels, which make every map NaN; fix or drop "
+                "those images (e.g. keep images[torch.isfinite(images).flatten(1).all(1)])"
+            )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode, then give every submodule back its own ``training`` flag."""
+    saved = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+def _integer_setting(method: str, name: str, value: object) -> object:
+    """An int-valued setting as a Python int: numpy integers accepted, bools refused."""
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(f"{name} of method {method!r} must be an int; got the bool {value!r}")
+    if isinstance(value, np.integer):
+        return int(value)
+    return value  # the method's own check names the valid range
