@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Re-executes only the notebooks changed since their last successful run (xaikit run --force: all);
+# xaikit build refuses a book with a missing or failed notebook.
 book: $(STAMP)
 	$(VENV)/bin/xaikit run --profile demo
 	$(VENV)/bin/xaikit build

@@ -1,8 +1,8 @@
-"""Every notebook: well-formed parameters, runs in the smoke profile, renders into the book, and
-stops in the paper profile with a clear message when the paper's data or weights are missing."""
+"""Every notebook: well-formed parameters, runs in the smoke profile (outside the published book),
+renders into a book, and stops in the paper profile with a clear message when the paper's data or
+weights are missing. The runner itself is tested on synthetic notebooks in test_runner.py."""
 
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -10,9 +10,10 @@ import papermill
 import pytest
 
 from xaikit.cli import build_book
-from xaikit.runner import NOTEBOOKS, notebooks_in_book_order, report_failures, run_notebook, run_notebooks, toc_entries
+from xaikit.runner import (
+    BANNER_TAG, BOOK, NOTEBOOKS, notebooks_in_book_order, read_record, record_path, run_notebook, run_notebooks, toc_entries,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_NAMES = notebooks_in_book_order()
 
 
@@ -68,38 +69,57 @@ def test_the_parameter_rules_catch_broken_cells(tmp_path, edit):
         check_parameters(tmp_path / "broken.ipynb")
 
 
+def book_snapshot() -> dict[str, tuple[int, int]]:
+    """What a run writes into book/ (executed notebooks, _run/), with sizes and modification times.
+
+    The book's own pages are left out: someone may edit them while the tests run.
+    """
+    written = [p for p in sorted(BOOK.rglob("*")) if p.suffix == ".ipynb" or "_run" in p.relative_to(BOOK).parts]
+    return {p.relative_to(BOOK).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in written + [BOOK / "_run"] if p.exists()}
+
+
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
-    """The book's sources with every notebook executed in the smoke profile."""
+    """Every notebook executed in the smoke profile into a temporary output folder (a copy of the book);
+    the published book/ is left as it was."""
     work = tmp_path_factory.mktemp("smoke")
-    shutil.copytree(ROOT / "book", work / "book", ignore=shutil.ignore_patterns("_build", "_run", "*.ipynb"))
-    shutil.copy(ROOT / "_config.yml", work / "_config.yml")
-    runs = run_notebooks("smoke", dest=work / "book", log=lambda *_: None)
-    return work, runs
+    before = book_snapshot()
+    runs = run_notebooks("smoke", output_dir=work / "book", log=lambda *_: None)
+    return work, runs, before, book_snapshot()
 
 
 def test_every_notebook_runs_in_the_smoke_profile(smoke_book):
-    work, runs = smoke_book
+    work, runs, _, _ = smoke_book
     failures = {run.notebook: run.error[-2000:] for run in runs if not run.ok}
     assert failures == {}
     assert sorted(run.notebook for run in runs) == sorted(NOTEBOOK_NAMES)
     timings = (work / "book" / "_run" / "timings-smoke.csv").read_text().splitlines()
     assert timings[0] == "notebook,profile,ok,wall_seconds,peak_memory_mb" and len(timings) == 1 + len(runs)
     assert all(float(line.split(",")[4]) > 50 for line in timings[1:])  # the kernel's memory was sampled
+    record = read_record(record_path(work / "book", "smoke"))["notebooks"]
+    assert sorted(record) == sorted(NOTEBOOK_NAMES) and all(entry["ok"] for entry in record.values())
     for run in runs:
         notebook = nbformat.read(run.output, as_version=4)
         injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and "remove-cell" in injected[0].metadata.tags  # hidden in the book
         assert 'profile = "smoke"' in injected[0].source
+        assert "**profile** smoke" in next(c.source for c in notebook.cells if BANNER_TAG in c.metadata.get("tags", []))
+
+
+def test_the_smoke_runs_leave_the_published_book_alone(smoke_book):
+    _, _, before, after = smoke_book
+    assert after == before
 
 
 def test_the_book_builds_from_the_smoke_outputs_and_renders_in_a_browser(smoke_book):
-    work, _ = smoke_book
-    assert build_book(work / "book", work / "_config.yml") == 0  # warnings are errors
+    work, _, _, _ = smoke_book
+    assert build_book(work / "book") == 0  # warnings are errors
     html = work / "book" / "_build" / "html"
     for name in NOTEBOOK_NAMES:
         page = (html / f"{name}.html").read_text()
         assert 'profile = "smoke"' not in page  # the injected cell is not shown (a missing glue fails the build)
+        text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+        assert "Run record" in text and f"xaikit run --profile smoke --only {name}" in text  # the run banner
     from xaikit.bookcheck import check_book, find_browser
 
     if find_browser() is None:
@@ -117,31 +137,7 @@ def test_paper_profile_says_what_is_missing(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("XAIKIT_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("XAIKIT_IMAGENET_VAL", str(tmp_path / "imagenet"))
-    run = run_notebook(name, "paper", source=NOTEBOOKS, dest=tmp_path)
+    run = run_notebook(name, "paper", source=NOTEBOOKS, output_dir=tmp_path)
     assert not run.ok
     assert any(kind in run.error for kind in ("WeightsUnavailableError", "DataUnavailableError")), run.error[-2000:]
     assert "download" in run.error.lower() and "XAIKIT_" in run.error
-
-
-def test_runner_keeps_going_and_reports_failures(tmp_path):
-    source = tmp_path / "notebooks" / "demo"
-    source.mkdir(parents=True)
-    for name, code in {"01_ok": "x = 1", "02_fails": "raise ValueError('boom')", "03_ok": "y = 2"}.items():
-        notebook = nbformat.v4.new_notebook(cells=[
-            nbformat.v4.new_code_cell('profile: str = "demo"  # smoke | demo | paper', metadata={"tags": ["parameters"]}),
-            nbformat.v4.new_code_cell(code),
-        ])
-        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nbformat.write(notebook, source / f"{name}.ipynb")
-    lines = []
-    runs = run_notebooks("smoke", source=tmp_path / "notebooks", dest=tmp_path / "out", log=lines.append)
-    assert [(r.notebook, r.ok) for r in runs] == [("demo/01_ok", True), ("demo/02_fails", False), ("demo/03_ok", True)]
-    assert "boom" in runs[1].error
-    kept = nbformat.read(tmp_path / "out" / "demo" / "02_fails.ipynb", as_version=4)
-    assert any(o.get("ename") == "ValueError" for c in kept.cells for o in c.get("outputs", []))
-    messages = []
-    assert report_failures(runs, log=messages.append) == 1
-    assert "demo/02_fails" in messages[0] and "02_fails.ipynb" in messages[0]
-    assert report_failures([runs[0]], log=messages.append) == 0
-    only = run_notebooks("smoke", only="*03*", source=tmp_path / "notebooks", dest=tmp_path / "out", log=lines.append)
-    assert [r.notebook for r in only] == ["demo/03_ok"]

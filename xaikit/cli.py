@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from .errors import XaikitError
 from .profiles import PROFILES
-from .runner import report_failures, run_notebooks
+from .runner import book_problems, report_failures, run_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +34,20 @@ def finish_html(html: Path) -> None:
 
 
 def build_book(source: Path = REPO / "book", config: Path = REPO / "_config.yml") -> int:
-    """Render the book with Jupyter Book v1, warnings as errors, without executing notebooks."""
+    """Render the book with Jupyter Book v1, warnings as errors, without executing notebooks.
+
+    Refuses (status 1, with the list) a book whose run record shows a notebook of the
+    table of contents missing, failed, or executed with another profile than the others.
+    """
+    problems = book_problems(source)
+    if problems:
+        print(f"xaikit build: not rendering {source}:", *(f"  - {p}" for p in problems), sep="\n", file=sys.stderr)
+        return 1
+    # Book pages generated from the run records (xaikit/bookpages.py), written into the sources before rendering.
+    if importlib.util.find_spec("xaikit.bookpages") is not None:
+        from .bookpages import write_generated_pages
+
+        write_generated_pages(source)
     command = [
         str(Path(sys.executable).with_name("jupyter-book")), "build", str(source),
         "--config", str(config), "--toc", str(source / "_toc.yml"), "--path-output", str(source),
@@ -46,11 +63,17 @@ def build_book(source: Path = REPO / "book", config: Path = REPO / "_config.yml"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xaikit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="execute the notebooks with papermill into the book's source tree")
+    run = commands.add_parser("run", help="execute the notebooks with papermill (demo: into book/; smoke, paper: into _books/<profile>/)")
     run.add_argument("--profile", default="demo", choices=PROFILES, help="smoke | demo | paper (default demo)")
     run.add_argument("--only", default=None, metavar="PATTERN", help="run only notebooks matching this glob or substring")
+    run.add_argument("--output-dir", type=Path, default=None, metavar="DIR",
+                     help="execute into DIR (default: book/ for demo, _books/<profile>/ otherwise; book/ takes only demo)")
+    run.add_argument("--force", action="store_true", help="re-run notebooks that are unchanged since their last successful run")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a notebook parameter (VALUE read as YAML: 16, 0.5, true, text); repeatable")
     build = commands.add_parser("build", help="render the Jupyter Book (no execution; warnings are errors)")
-    build.add_argument("--source", type=Path, default=REPO / "book", help="book source folder")
+    build.add_argument("--source", type=Path, default=REPO / "book",
+                       help="book source folder (default book/; _books/<profile> for a smoke or paper run)")
     check = commands.add_parser("check-book", help="open every page of the built book in headless Chromium")
     check.add_argument("--html", type=Path, default=REPO / "book" / "_build" / "html", help="built HTML folder")
     args = parser.parse_args(argv)
@@ -62,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(shown + [report.summary()]))
         return 1 if report.problems else 0
     if args.command == "run":
-        return report_failures(run_notebooks(args.profile, only=args.only))
+        parameters = {name: yaml.safe_load(value) for name, value in args.parameter}
+        try:
+            runs = run_notebooks(args.profile, only=args.only, output_dir=args.output_dir, parameters=parameters, force=args.force)
+        except XaikitError as err:
+            print(f"xaikit run: {err}", file=sys.stderr)
+            return 2
+        return report_failures(runs)
     return build_book(args.source)
 
 
