@@ -321,3 +321,16 @@ def test_load_examples_reports_the_n_it_was_given(source):
 def test_load_examples_accepts_numpy_ints():
     examples = load_examples("shapes", np.int64(3), seed=np.int64(2))
     assert len(examples) == 3 and examples.images.shape[0] == 3
+
+
+def test_method_constructors_accept_numpy_ints_and_refuse_bools():
+    from xaikit.methods.raw_attention import RawAttention
+    from xaikit.methods.rollout import Rollout
+
+    model = small_vit()
+    assert RawAttention(model, layer=np.int64(1)).layer == 1
+    assert Rollout(model, start_layer=np.int64(1)).start_layer == 1
+    with pytest.raises(InvalidParameterError, match="bool"):
+        RawAttention(model, layer=True)
+    with pytest.raises(InvalidParameterError, match="bool"):
+        Rollout(model, start_layer=True)

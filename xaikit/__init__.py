@@ -6,12 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InvalidParameterError, UnsupportedModelError, WeightsUnavailableError, XaikitError
+from .errors import InvalidParameterError, TrainingError, UnsupportedModelError, WeightsUnavailableError, XaikitError
 from .imaging import preprocess, upsample
 from .introspection import RECORDABLE, BlockRecord, ViTRecorder
 from .methods import Explainer, get_method, list_methods
 from .models import load_model
 from .targets import Target
+from .train import load_trained
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __all__ = [
     "Explainer",
     "InvalidParameterError",
     "RECORDABLE",
+    "TrainingError",
     "UnsupportedModelError",
     "ViTRecorder",
     "WeightsUnavailableError",
@@ -66,6 +68,7 @@ __all__ = [
     "explain",
     "get_method",
     "list_methods",
+    "load_trained",
     "load_model",
     "preprocess",
     "upsample",

@@ -27,3 +27,7 @@ class UnsafeArchiveError(DataIntegrityError):
 
 class DataUnavailableError(XaikitError, FileNotFoundError):
     """A data set is neither cached locally nor downloadable."""
+
+
+class TrainingError(XaikitError, RuntimeError):
+    """A training run produced no usable model (no step trained, or chance-level accuracy)."""

@@ -37,7 +37,7 @@ from torch import nn
 
 from .data.manifests import cache_dir
 from .demo_models import WEIGHTS_DIR
-from .errors import DataIntegrityError, InvalidParameterError, WeightsUnavailableError, XaikitError
+from .errors import DataIntegrityError, InvalidParameterError, TrainingError, WeightsUnavailableError, XaikitError
 from .fileio import atomic_write
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -67,10 +67,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_recipe(self)
-
-
-class TrainingError(XaikitError, RuntimeError):
-    """A training run produced no usable model (no step trained, or chance-level accuracy)."""
 
 
 def check_recipe(config: TrainConfig) -> None:
@@ -463,9 +459,7 @@ def load_trained(card: str | os.PathLike, *, device: str | torch.device | None =
     The weights are ``<card stem>.safetensors`` beside the card; their sha256 must
     match the card's.
     """
-    import timm
-
-    from .models import load_weights
+    from .demo_models import load_from_card
 
     path = Path(card).expanduser()
     if path.suffix == ".safetensors":
@@ -477,24 +471,7 @@ def load_trained(card: str | os.PathLike, *, device: str | torch.device | None =
             f"no model card at {path}; train the model first (python -m xaikit.train NAME writes "
             f"NAME.json and NAME.safetensors into {trained_dir()}, or into --out-dir)"
         )
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        architecture, timm_kwargs, sha256 = record["architecture"], dict(record["timm_kwargs"]), record["sha256"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
-        raise DataIntegrityError(
-            f"{path} is not a model card written by xaikit.train ({type(err).__name__}: {err}); train the model again"
-        ) from err
-    weights = path.with_suffix(".safetensors")
-    if not weights.is_file():
-        raise WeightsUnavailableError(f"the weights {weights} of model card {path} are missing; train the model again")
-    actual = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if actual != sha256:
-        raise DataIntegrityError(
-            f"{weights} has sha256 {actual}, its model card {path} says {sha256}: the two files do not belong "
-            "together; train the model again"
-        )
-    model = load_weights(timm.create_model(architecture, pretrained=False, **timm_kwargs), weights)
-    model.eval()
+    model = load_from_card(path, remedy="train the model again")
     if device is not None:
         model.to(device)
     return model

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidParameterError
-from .base import Explainer, register
+from .base import Explainer, integer_setting, register
 
 
 @register
@@ -23,6 +23,7 @@ class RawAttention(Explainer):
     def __init__(self, model: nn.Module, layer: int = -1) -> None:
         super().__init__(model)
         depth = len(model.blocks)
+        layer = integer_setting(self.name, "layer", layer)
         if not isinstance(layer, int) or not -depth <= layer < depth:
             raise InvalidParameterError(f"layer must be an int in [{-depth}, {depth - 1}]; got {layer!r}")
         self.layer = layer

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidParameterError
-from .base import Explainer, register
+from .base import Explainer, integer_setting, register
 from .propagation import class_token_row
 
 
@@ -26,6 +26,7 @@ class Rollout(Explainer):
     def __init__(self, model: nn.Module, start_layer: int = 0) -> None:
         super().__init__(model)
         depth = len(model.blocks)
+        start_layer = integer_setting(self.name, "start_layer", start_layer)
         if not isinstance(start_layer, int) or not 0 <= start_layer < depth:
             raise InvalidParameterError(f"start_layer must be an int in [0, {depth - 1}]; got {start_layer!r}")
         self.start_layer = start_layer
