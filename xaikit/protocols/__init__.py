@@ -1,0 +1,41 @@
+"""Evaluation protocols: ImageNet-Segmentation and the perturbation test (Chefer et al.), AOPC and LOdds.
+
+Each protocol is a class: settings go to ``__init__``, data to ``__call__``,
+and the result holds per-image values and the aggregate. Every perturbation
+protocol runs on one batched `PerturbationEngine`.
+"""
+
+from __future__ import annotations
+
+from .engine import (
+    DEFAULT_FRACTIONS,
+    BoxSchedule,
+    EngineResult,
+    FractionSchedule,
+    MaskSchedule,
+    PerturbationEngine,
+    Readout,
+    Schedule,
+    gaussian_blur,
+    throughput,
+)
+from .perturbation import Perturbation, PerturbationResult
+from .segmentation import Segmentation, SegmentationResult, pool_segmentation
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "BoxSchedule",
+    "EngineResult",
+    "FractionSchedule",
+    "MaskSchedule",
+    "Perturbation",
+    "PerturbationEngine",
+    "PerturbationResult",
+    "Readout",
+    "Schedule",
+    "Segmentation",
+    "SegmentationResult",
+    "gaussian_blur",
+    "pool_segmentation",
+    "throughput",
+]
