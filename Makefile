@@ -28,4 +28,4 @@ check-book: $(STAMP)
 	$(VENV)/bin/xaikit check-book
 
 clean:
-	rm -rf book/_build
+	rm -rf book/_build _books
