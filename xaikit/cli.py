@@ -76,7 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                        help="book source folder (default book/; _books/<profile> for a smoke or paper run)")
     check = commands.add_parser("check-book", help="open every page of the built book in headless Chromium")
     check.add_argument("--html", type=Path, default=REPO / "book" / "_build" / "html", help="built HTML folder")
+    from . import bench as bench_module
+
+    bench = commands.add_parser(
+        "bench", help="images per second of every method against one forward+backward of the same model and batch"
+    )
+    bench_module.add_arguments(bench)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench_module.run_from_args(args)
     if args.command == "check-book":
         from .bookcheck import check_book
 

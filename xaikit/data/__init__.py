@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 
-EXAMPLE_SOURCES = ("cifar10", "shapes", "imagenet")
+EXAMPLE_SOURCES = ("cifar10", "cifar100", "shapes", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Examples:
 
 
 def load_examples(source: str, n: int, *, seed: int = 0) -> Examples:
-    """`n` evaluation images of `source` (cifar10 test, held-out synthetic shapes, ImageNet val).
+    """`n` evaluation images of `source` (cifar10/cifar100 test, held-out synthetic shapes, ImageNet val).
 
     `n` and `seed` are non-negative ints (numpy integers too); they are checked here so a
     bad value is reported as given (``n_images=-3`` in a notebook), not as whatever a loader
@@ -45,6 +45,11 @@ def load_examples(source: str, n: int, *, seed: int = 0) -> Examples:
         from .cifar10 import load_cifar10
 
         split = load_cifar10("test").take(n, seed=seed)
+        return Examples(split.images, split.labels, split.class_names)
+    if source == "cifar100":
+        from .cifar100 import load_cifar100
+
+        split = load_cifar100("test").take(n, seed=seed)  # fine labels, class-balanced
         return Examples(split.images, split.labels, split.class_names)
     if source == "shapes":
         from .synthetic import make_shapes

@@ -47,7 +47,6 @@ JPEG_FOLDER_ENV = "XAIKIT_CIFAR10_JPEG"
 
 _IMAGE_SIDE = 32
 _PIXEL_BYTES = 3 * _IMAGE_SIDE * _IMAGE_SIDE
-_RECORD_BYTES = 1 + _PIXEL_BYTES  # one label byte, then the R, G and B planes
 _RECORDS_PER_FILE = 10_000
 _BINARY_FOLDER = "cifar-10-batches-bin"
 _BINARY_FILES = {
@@ -142,9 +141,10 @@ def _archive_key(archive: Path) -> str:
     return _hash_prefix(str(archive.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _extract_once(archive: Path) -> Path:
-    """Extract ``archive`` into the cache unless an earlier call already did; return the folder."""
-    final = _cifar_cache() / "extracted" / f"{archive.name}-{_archive_key(archive)}"
+def _extract_once(archive: Path, cache: Path | None = None) -> Path:
+    """Extract ``archive`` into ``<cache>/extracted`` (default: CIFAR-10's cache) unless an earlier call
+    already did; return the folder."""
+    final = (cache if cache is not None else _cifar_cache()) / "extracted" / f"{archive.name}-{_archive_key(archive)}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -224,29 +224,49 @@ def _check_binary_class_names(batches: Path) -> None:
 
 
 def _parse_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = parse_cifar_records(
+        path, label_classes=(len(CIFAR10_CLASSES),), max_records=_RECORDS_PER_FILE, dataset="CIFAR-10",
+        archive="cifar-10-binary.tar.gz",
+    )
+    return images, labels[:, 0]
+
+
+def parse_cifar_records(
+    path: Path, *, label_classes: tuple[int, ...], max_records: int, dataset: str, archive: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a file of CIFAR binary records: one byte per label, then the R, G and B 32x32 planes.
+
+    CIFAR-10 records have one label (``label_classes=(10,)``), CIFAR-100 records two: the coarse
+    then the fine label (``(20, 100)``). Returns uint8 images ``(N, 32, 32, 3)`` and int64 labels
+    ``(N, len(label_classes))``; partial records, too many records and labels out of range raise
+    :class:`DataIntegrityError` naming `dataset` and the official `archive`.
+    """
+    label_bytes = len(label_classes)
+    record_bytes = label_bytes + _PIXEL_BYTES
     raw = path.read_bytes()
-    if len(raw) == 0 or len(raw) % _RECORD_BYTES:
+    if len(raw) == 0 or len(raw) % record_bytes:
         raise DataIntegrityError(
-            f"{path} is {len(raw)} bytes, not a whole number of {_RECORD_BYTES}-byte CIFAR-10 records "
-            f"(1 label byte + {_PIXEL_BYTES} pixel bytes; official files are "
-            f"{_RECORDS_PER_FILE * _RECORD_BYTES} bytes). "
-            f"It is truncated or not CIFAR-10 binary data: delete it and extract or download the archive again."
+            f"{path} is {len(raw)} bytes, not a whole number of {record_bytes}-byte {dataset} records "
+            f"({label_bytes} label byte{'s' if label_bytes > 1 else ''} + {_PIXEL_BYTES} pixel bytes; official files "
+            f"hold at most {max_records} records). "
+            f"It is truncated or not {dataset} binary data: delete it and extract or download the archive again."
         )
-    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _RECORD_BYTES)
-    if len(records) > _RECORDS_PER_FILE:
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record_bytes)
+    if len(records) > max_records:
         raise DataIntegrityError(
-            f"{path} holds {len(records)} records, more than the {_RECORDS_PER_FILE} of an official CIFAR-10 file. "
-            f"It is not CIFAR-10 binary data; use the official cifar-10-binary.tar.gz."
+            f"{path} holds {len(records)} records, more than the {max_records} of an official {dataset} file. "
+            f"It is not {dataset} binary data; use the official {archive}."
         )
-    labels = records[:, 0].astype(np.int64)
-    bad = np.flatnonzero(labels >= len(CIFAR10_CLASSES))
-    if len(bad):
-        raise DataIntegrityError(
-            f"{path} record {bad[0]} has label {labels[bad[0]]}, outside 0..{len(CIFAR10_CLASSES) - 1} "
-            f"({len(bad)} bad records). The file is corrupted or not CIFAR-10; extract or download it again."
-        )
+    labels = records[:, :label_bytes].astype(np.int64)
+    for column, classes in enumerate(label_classes):
+        bad = np.flatnonzero(labels[:, column] >= classes)
+        if len(bad):
+            raise DataIntegrityError(
+                f"{path} record {bad[0]} has label {labels[bad[0], column]}, outside 0..{classes - 1} "
+                f"({len(bad)} bad records). The file is corrupted or not {dataset}; extract or download it again."
+            )
     # Channel planes (N, 3, 32, 32) -> HWC (N, 32, 32, 3); the copy also makes the array writable.
-    planes = records[:, 1:].reshape(-1, 3, _IMAGE_SIDE, _IMAGE_SIDE)
+    planes = records[:, label_bytes:].reshape(-1, 3, _IMAGE_SIDE, _IMAGE_SIDE)
     return np.ascontiguousarray(planes.transpose(0, 2, 3, 1)), labels
 
 

@@ -6,19 +6,30 @@ Each downloadable file is described by ``data_manifests/<name>.json``::
      "size": 170052171, "sha256": "...", "licence": "...", "description": "...",
      "members": ["cifar-10-batches-bin/test_batch.bin", ...]}   # members optional
 
+Optional fields: ``members``; ``md5`` (the provider's published md5); ``obtain`` (how to get a
+file that cannot be downloaded automatically, e.g. behind a registration: :func:`fetch` then only
+uses a copy placed in the cache). ``sha256`` and ``size`` are ``null`` where the provider
+publishes none (xaikit never invents a checksum).
+
 :func:`fetch` downloads it once into ``<cache>/<name>/<filename>`` through pooch
-(progress bar, sha256 check) and afterwards uses the cached copy without any
-network access. :func:`safe_extract` unpacks tar/zip archives, refusing members
+(progress bar, hash check) and afterwards uses the cached copy without any
+network access. The check is the manifest's sha256; without one, the published md5;
+without either, trust on first use: the sha256 of the first copy seen is recorded in
+``<cache>/<name>/<filename>.sha256.json`` (with a warning) and later copies must match it.
+With only an md5, the sha256 computed at the first check is recorded the same way.
+:func:`safe_extract` unpacks tar/zip archives, refusing members
 that would land outside the target folder.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import lzma
 import os
 import tarfile
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -35,14 +46,16 @@ from xaikit.errors import (
     UnsafeArchiveError,
     XaikitError,
 )
-from xaikit.fileio import umask_mode
+from xaikit.fileio import atomic_write, umask_mode
 
 __all__ = [
     "Manifest",
     "available_manifests",
     "cache_dir",
     "cached_path",
+    "check_recorded_hash",
     "fetch",
+    "hash_record_path",
     "load_manifest",
     "default_manifest_dir",
     "safe_extract",
@@ -53,7 +66,7 @@ MANIFEST_DIR_ENV = "XAIKIT_MANIFEST_DIR"
 CACHE_DIR_ENV = "XAIKIT_CACHE_DIR"
 
 _REQUIRED_FIELDS = ("name", "url", "filename", "size", "sha256", "licence", "description")
-_OPTIONAL_FIELDS = ("members", "md5")
+_OPTIONAL_FIELDS = ("members", "md5", "obtain")
 
 # What the standard library raises on a truncated or corrupt tar/gzip/xz/zip stream. Not every
 # OSError: a full disk or a permission problem must not be reported as a corrupt archive.
@@ -71,17 +84,30 @@ class Manifest:
     name: str
     url: str
     filename: str
-    size: int
-    sha256: str
+    size: int | None  # None: the provider publishes no size
+    sha256: str | None  # None: the provider publishes no sha256 (md5, or trust on first use)
     licence: str
     description: str
     members: tuple[str, ...] = ()
     md5: str | None = None
+    obtain: str | None = None  # how to get a file that cannot be downloaded automatically
 
     @property
-    def known_hash(self) -> str:
-        """The hash in pooch's ``"algorithm:hex"`` notation."""
-        return f"sha256:{self.sha256}"
+    def known_hash(self) -> str | None:
+        """The published hash in pooch's ``"algorithm:hex"`` notation (sha256, else md5), or None."""
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        if self.md5:
+            return f"md5:{self.md5}"
+        return None
+
+    def describe_file(self) -> str:
+        """``"<size> bytes, sha256 <hex>"``, saying which of the two the provider does not publish."""
+        size = f"{self.size} bytes" if self.size is not None else "size not published"
+        if self.known_hash is None:
+            return f"{size}, no published checksum"
+        algorithm, digest = self.known_hash.split(":")
+        return f"{size}, {algorithm} {digest}"
 
 
 def default_manifest_dir() -> Path:
@@ -139,35 +165,46 @@ def _manifest_from_dict(raw: Any, path: Path) -> Manifest:
     if unknown:
         allowed = ", ".join(_REQUIRED_FIELDS + _OPTIONAL_FIELDS)
         raise invalid(f"unknown field(s) {', '.join(unknown)} (allowed: {allowed})")
-    for key in ("name", "url", "filename", "sha256", "licence", "description"):
+    for key in ("name", "url", "filename", "licence", "description"):
         if not isinstance(raw[key], str) or not raw[key].strip():
             raise invalid(f"{key!r} must be a non-empty string")
     if raw["name"] != path.stem:
         raise invalid(f"'name' is {raw['name']!r} but the file is named {path.name}")
-    sha256 = raw["sha256"].lower()
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise invalid("'sha256' must be 64 hexadecimal digits")
-    if not isinstance(raw["size"], int) or isinstance(raw["size"], bool) or raw["size"] <= 0:
-        raise invalid("'size' must be a positive integer (bytes)")
+    sha256 = raw["sha256"]
+    if sha256 is not None:
+        if not _is_hex(sha256, 64):
+            raise invalid("'sha256' must be 64 hexadecimal digits, or null where the provider publishes none")
+        sha256 = sha256.lower()
+    size = raw["size"]
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise invalid("'size' must be a positive integer (bytes), or null where the provider publishes none")
     if Path(raw["filename"]).name != raw["filename"]:
         raise invalid("'filename' must be a bare file name, without folders")
     members = raw.get("members", [])
     if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):
         raise invalid("'members' must be a list of paths inside the archive")
     md5 = raw.get("md5")
-    if md5 is not None and (not isinstance(md5, str) or len(md5) != 32):
+    if md5 is not None and not _is_hex(md5, 32):
         raise invalid("'md5' must be 32 hexadecimal digits")
+    obtain = raw.get("obtain")
+    if obtain is not None and (not isinstance(obtain, str) or not obtain.strip()):
+        raise invalid("'obtain' must be a non-empty string saying how to get the file")
     return Manifest(
         name=raw["name"],
         url=raw["url"],
         filename=raw["filename"],
-        size=raw["size"],
+        size=size,
         sha256=sha256,
         licence=raw["licence"],
         description=raw["description"],
         members=tuple(members),
         md5=md5.lower() if md5 else None,
+        obtain=obtain,
     )
+
+
+def _is_hex(value: Any, digits: int) -> bool:
+    return isinstance(value, str) and len(value) == digits and all(c in "0123456789abcdef" for c in value.lower())
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -190,9 +227,12 @@ def fetch(
 ) -> Path:
     """Return the local path of the manifest's file, downloading and verifying it if needed.
 
-    A copy already in the cache with the right sha256 is used without network access,
+    A copy already in the cache with the right hash is used without network access,
     so a manually downloaded file placed at :func:`cached_path` works offline.
     ``downloader`` is pooch's download hook ``(url, output_file, pooch)``.
+    Without a published sha256 the copy is also checked by :func:`check_recorded_hash`
+    (trust on first use). A manifest with ``obtain`` is never downloaded: only a copy
+    placed in the cache is used.
     """
     destination = cached_path(manifest, cache)
     try:
@@ -203,7 +243,22 @@ def fetch(
             f"Set {CACHE_DIR_ENV} to a writable folder."
         ) from err
 
-    download = downloader if downloader is not None else choose_downloader(manifest.url, progressbar=progress)
+    if manifest.obtain:
+
+        def download(url: str, output_file: Any, pooch_instance: Any) -> None:
+            stale = (
+                f" The file already at {destination} does not match the published hash; replace it."
+                if destination.is_file()
+                else ""
+            )
+            raise DataUnavailableError(
+                f"{manifest.name} ({manifest.filename}, {manifest.describe_file()}) cannot be downloaded "
+                f"automatically. {manifest.obtain} Then place {manifest.filename} at {destination}.{stale}"
+            )
+
+    else:
+        download = downloader if downloader is not None else choose_downloader(manifest.url, progressbar=progress)
+    algorithm = manifest.known_hash.split(":")[0] if manifest.known_hash else None
     received: dict[str, Any] = {}
 
     def recording_downloader(url: str, output_file: Any, pooch_instance: Any) -> None:
@@ -215,6 +270,8 @@ def fetch(
             os.chmod(output_file, umask_mode())
             received["sha256"] = sha256_of(output_file)
             received["size"] = os.path.getsize(output_file)
+            if algorithm and algorithm != "sha256":
+                received[algorithm] = pooch.file_hash(str(output_file), alg=algorithm)
 
     try:
         local = pooch.retrieve(
@@ -228,24 +285,28 @@ def fetch(
     except XaikitError:
         raise
     except ValueError as err:
-        if "sha256" not in received or received["sha256"] == manifest.sha256:
+        expected = manifest.known_hash.split(":")[1] if manifest.known_hash else None
+        if algorithm not in received or received[algorithm] == expected:
             raise
         raise DataIntegrityError(
             f"The download of {manifest.filename} from {manifest.url} is corrupted or truncated: "
-            f"sha256 expected {manifest.sha256} but got {received['sha256']} "
-            f"({received['size']} bytes received, {manifest.size} expected). "
+            f"{algorithm} expected {expected} but got {received[algorithm]} "
+            f"({received['size']} bytes received, {manifest.size or 'size not published, so unknown'} expected). "
             f"The bad download was removed; retry, and if it fails again download the file "
             f"yourself and place it at {destination}.{_stale_file_note(destination)}"
         ) from err
     except OSError as err:  # requests' errors and socket/FTP errors are OSErrors
         raise DataUnavailableError(
             f"Could not download {manifest.url} ({type(err).__name__}: {err}). "
-            f"{manifest.name} needs the file {manifest.filename} ({manifest.size} bytes, sha256 {manifest.sha256}). "
+            f"{manifest.name} needs the file {manifest.filename} ({manifest.describe_file()}). "
             f"Check your network connection, or download it on another machine and place it at "
             f"{destination} (or set {CACHE_DIR_ENV} to a folder containing {manifest.name}/{manifest.filename}); "
             f"it will then be used offline.{_stale_file_note(destination)}"
         ) from err
-    return Path(local)
+    local = Path(local)
+    if manifest.sha256 is None:
+        check_recorded_hash(manifest, local, cache=cache)
+    return local
 
 
 def _stale_file_note(destination: Path) -> str:
@@ -253,9 +314,80 @@ def _stale_file_note(destination: Path) -> str:
     if not destination.is_file():
         return ""
     return (
-        f" Note: the file already at {destination} does not have the expected sha256 "
+        f" Note: the file already at {destination} does not have the expected hash "
         f"(it is corrupted, truncated or another version); delete or replace it."
     )
+
+
+def hash_record_path(manifest: Manifest, cache: str | os.PathLike | None = None) -> Path:
+    """Where the sha256 of the first copy seen of a manifest without a published sha256 is kept."""
+    destination = cached_path(manifest, cache)
+    return destination.with_name(f"{destination.name}.sha256.json")
+
+
+@functools.lru_cache(maxsize=32)
+def _memoised_sha256(resolved: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(resolved)
+
+
+_WARNED_UNVERIFIED: set[str] = set()
+
+
+def check_recorded_hash(
+    manifest: Manifest, path: str | os.PathLike, *, cache: str | os.PathLike | None = None
+) -> str:
+    """Check `path` against the sha256 recorded for `manifest` (trust on first use); return its sha256.
+
+    For manifests without a published sha256. The first copy checked (downloaded, placed in the
+    cache, or a local file a loader was pointed at) has its sha256 and size recorded at
+    :func:`hash_record_path`; every later copy must match them, so a truncated, corrupted or
+    replaced file is noticed. When the provider publishes no checksum at all, recording the
+    first copy warns (once per process) that it could not be checked.
+    """
+    path = Path(path)
+    record_path = hash_record_path(manifest, cache)
+    stat = path.stat()
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            expected_sha256, expected_size = str(record["sha256"]), int(record["size"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataIntegrityError(
+                f"The hash record {record_path} is unreadable ({type(err).__name__}: {err}). Delete it; the next "
+                f"load records the sha256 of {manifest.filename} again."
+            ) from err
+        digest = None if stat.st_size != expected_size else _memoised_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if digest != expected_sha256:
+            raise DataIntegrityError(
+                f"{path} ({stat.st_size} bytes{', sha256 ' + digest if digest else ''}) is not the copy of "
+                f"{manifest.filename} first used here ({expected_size} bytes, sha256 {expected_sha256}, recorded in "
+                f"{record_path}): it is truncated, corrupted or another version. Delete it and download "
+                f"{manifest.url} again; if you trust this file instead, delete {record_path}."
+            )
+        return digest
+    digest = _memoised_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    record = {
+        "name": manifest.name,
+        "url": manifest.url,
+        "filename": manifest.filename,
+        "size": stat.st_size,
+        "sha256": digest,
+        "checked_against": f"md5 {manifest.md5} published by the provider" if manifest.md5 else
+        "nothing: the provider publishes no checksum (trust on first use)",
+    }
+    with atomic_write(record_path, "w") as handle:
+        json.dump(record, handle, indent=2)
+    if manifest.md5 is None and manifest.name not in _WARNED_UNVERIFIED:
+        _WARNED_UNVERIFIED.add(manifest.name)
+        warnings.warn(
+            f"{manifest.filename} ({path}) could not be checked against a published hash: {manifest.url} publishes "
+            f"none. Its sha256 {digest} ({stat.st_size} bytes) is now recorded in {record_path}, and later loads "
+            f"must match it (trust on first use). If this copy may be incomplete or altered, delete it and "
+            f"{record_path}, and download it again.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return digest
 
 
 def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
