@@ -54,4 +54,4 @@ def test_doc_section_renders_the_generator_rules():
     from xaikit.viz import doc_section
 
     text = doc_section(synthetic, "Nodule rules")
-    assert text.startswith("**Nodule rules") and "spiculation" in text and "```text" in text
+    assert text.startswith("**Nodule rules") and "spiculation" in text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -43,11 +42,8 @@ def build_book(source: Path = REPO / "book", config: Path = REPO / "_config.yml"
     if problems:
         print(f"xaikit build: not rendering {source}:", *(f"  - {p}" for p in problems), sep="\n", file=sys.stderr)
         return 1
-    # Book pages generated from the run records (xaikit/bookpages.py), written into the sources before rendering.
-    if importlib.util.find_spec("xaikit.bookpages") is not None:
-        from .bookpages import write_generated_pages
-
-        write_generated_pages(source)
+    # The generated pages (status tables, environment) are written by the book's own Sphinx
+    # extension (book/_ext/xaikit_pages.py), so a plain `jupyter-book build` gets them too.
     command = [
         str(Path(sys.executable).with_name("jupyter-book")), "build", str(source),
         "--config", str(config), "--toc", str(source / "_toc.yml"), "--path-output", str(source),

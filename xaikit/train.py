@@ -217,7 +217,8 @@ def hardware(device: str) -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), name)
-    return f"CPU: {name}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU: {name}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 _CHECKPOINT_KEYS = frozenset({"model", "optimizer", "schedule", "generator", "state", "config"})

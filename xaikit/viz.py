@@ -1,71 +1,413 @@
-"""Figures shared by the notebooks."""
+"""The figure and text conventions every notebook of the book follows.
+
+Figures
+    * the input image beside its maps (`maps_figure`);
+    * a colour bar, one for all maps meant to be compared (``shared_scale=True``), or one
+      per method when the methods' units differ;
+    * class names in the titles;
+    * fonts of at least `MIN_FONT_PT` points at the size the book shows the figure;
+    * a numbered caption: the notebook glues the figure (`glue_figure`) and shows it with
+      a ``{glue:figure}`` block in a Markdown cell, which Sphinx numbers.
+
+How big a figure is in the book
+    The book is read on a desktop browser window of 1400 px or more, where the content
+    column of the sphinx-book-theme page is about 790 CSS px wide. Figures are drawn at
+    `BOOK_DPI` (100) dots per inch, the PNG holds ``inches x 100`` pixels, and a figure at
+    most `BOOK_WIDTH_IN` (7.5 in = 750 px) wide is shown pixel for pixel, never scaled
+    down. A font of 9 pt is then 12.5 px high on screen (9.4 pt at the CSS 96 px/in), so
+    a figure's point sizes are its sizes as read. `fit_to_book` keeps figures within that
+    width (shrinking the axes, never the fonts) and `figure_problems` checks both rules.
+
+Text
+    `doc_section` shows a section of a docstring (reStructuredText: paragraphs, bullet
+    lists, simple ``===`` tables) as Markdown, so rules written once in the code render as
+    Markdown lists and tables in the book.
+"""
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .errors import InvalidParameterError
 
-def normalise_for_display(maps: torch.Tensor) -> np.ndarray:
+BOOK_WIDTH_IN = 7.5  #: widest figure the book shows without scaling it down (inches)
+BOOK_DPI = 100  #: dots per inch of the PNGs in the book
+MIN_FONT_PT = 9  #: smallest font size allowed in a figure (points at the rendered size)
+FONT_PT = 10  #: default size of titles and labels
+TICK_PT = 9  #: default size of tick labels and legends
+
+#: matplotlib settings of `book_style`
+BOOK_RC = {
+    "figure.dpi": BOOK_DPI,
+    "savefig.dpi": BOOK_DPI,
+    "figure.figsize": (BOOK_WIDTH_IN, 3.0),
+    "font.size": FONT_PT,
+    "axes.titlesize": FONT_PT,
+    "axes.labelsize": FONT_PT,
+    "xtick.labelsize": TICK_PT,
+    "ytick.labelsize": TICK_PT,
+    "legend.fontsize": TICK_PT,
+    "legend.title_fontsize": FONT_PT,
+    "figure.titlesize": FONT_PT + 1,
+    "image.interpolation": "nearest",
+}
+
+
+def book_style() -> None:
+    """Set the book's matplotlib/seaborn style and pandas display options (call once per notebook).
+
+    pandas shows every row, column and the whole text of every cell (no "..."), so a table
+    in the book is never truncated; `xaikit.report.show_table` rounds it.
+    """
+    import matplotlib as mpl
+    import pandas as pd
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    mpl.rcParams.update(BOOK_RC)
+    for option, value in (("display.max_colwidth", None), ("display.max_columns", None),
+                          ("display.max_rows", None), ("display.width", None)):
+        pd.set_option(option, value)
+
+
+def normalise_for_display(maps: torch.Tensor | np.ndarray) -> np.ndarray:
     """Per-map min-max to [0, 1] (constant maps become 0), as numpy."""
-    flat = maps.detach().float().cpu().flatten(1)
+    flat = torch.as_tensor(maps).detach().float().cpu().flatten(1)
     low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     scaled = (flat - low) / (high - low).clamp(min=1e-12)
-    return scaled.reshape(maps.shape).numpy()
+    return scaled.reshape(tuple(maps.shape)).numpy()
 
 
-def overlay_grid(
-    images: np.ndarray,
-    rows: Mapping[str, torch.Tensor],
-    column_titles: Sequence[str] | None = None,
-    cmap: str = "inferno",
-    alpha: float = 0.55,
-    cell_inches: float = 1.5,
+def _as_maps(label: str, maps, count: int) -> np.ndarray:
+    array = (maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, dtype=np.float32))
+    if array.ndim != 3 or len(array) != count:
+        raise InvalidParameterError(
+            f"maps[{label!r}] must be (B, h, w) with B = {count} images; got shape {tuple(array.shape)}"
+        )
+    if not np.isfinite(array).all():
+        raise InvalidParameterError(f"maps[{label!r}] holds NaN or infinite values")
+    return array
+
+
+def _as_images(images) -> np.ndarray:
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
+        raise InvalidParameterError(
+            f"images must be (B, H, W, 3) RGB or (B, H, W) grey pictures (see xaikit.imaging.to_display); "
+            f"got shape {tuple(array.shape)}"
+        )
+    return array
+
+
+def _limits(arrays: Sequence[np.ndarray], signed: bool) -> tuple[float, float]:
+    values = np.concatenate([a.ravel() for a in arrays])
+    if signed:
+        bound = float(np.abs(values).max()) or 1.0
+        return -bound, bound
+    low, high = float(values.min()), float(values.max())
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+    if image.ndim == 2 or image.shape[-1] == 1:
+        ax.imshow(image.squeeze(-1) if image.ndim == 3 else image, cmap="gray")
+    else:
+        ax.imshow(image)
+
+
+def maps_figure(
+    images,
+    maps: Mapping[str, torch.Tensor | np.ndarray],
+    titles: Sequence[str] | None = None,
+    *,
+    shared_scale: bool = True,
+    normalise: bool = False,
+    signed: bool = False,
+    cmap: str | None = None,
+    layout: str = "rows",
+    overlay: float = 0.0,
+    colorbar_label: str = "",
+    cell_inches: float = 1.6,
+    input_label: str = "input",
 ):
-    """One column per image, the images on top and one row of overlaid maps per entry of `rows`.
+    """The input images beside their maps, with colour bar(s); returns the matplotlib figure.
 
-    `images` are uint8 (B, H, W, 3); every map in `rows` is (B, H, W) at pixel resolution.
+    Parameters
+    ----------
+    images: pictures (B, H, W, 3) uint8 or (B, H, W) grey, e.g. `xaikit.imaging.to_display`.
+    maps: method (or quantity) label -> maps (B, h, w). Token maps (h, w smaller than the
+        image) are drawn over the whole picture, one square per token.
+    titles: one title per image, e.g. its class name (the true class, the prediction).
+    shared_scale: one colour scale and bar for every map (maps meant to be compared);
+        False gives each entry of `maps` its own scale and bar (methods in other units).
+    normalise: min-max each map to [0, 1] first (signed maps: divide by max |map|), so
+        only the pattern inside each map is compared.
+    signed: the maps have a meaningful sign: a diverging colour map centred on 0.
+    layout: "rows" puts each image in a row, its maps to its right; "columns" puts each
+        image in a column, its maps below it (for many small images).
+    overlay: if > 0, draw each map over a grey copy of its image with this opacity.
+    cell_inches: the largest size of one panel; the figure is never wider than
+        `BOOK_WIDTH_IN` (panels shrink instead).
     """
     import matplotlib.pyplot as plt
 
-    count = len(images)
+    if layout not in ("rows", "columns"):
+        raise InvalidParameterError(f"layout must be 'rows' or 'columns'; got {layout!r}")
+    if not maps:
+        raise InvalidParameterError("maps is empty: give at least one label -> (B, h, w) maps")
+    pictures = _as_images(images)
+    count = len(pictures)
+    arrays = {label: _as_maps(label, m, count) for label, m in maps.items()}
+    if titles is not None and len(titles) != count:
+        raise InvalidParameterError(f"titles has {len(titles)} entries for {count} images; give one per image")
+    if normalise:
+        if signed:
+            arrays = {k: a / np.maximum(np.abs(a).reshape(count, -1).max(1), 1e-12)[:, None, None] for k, a in arrays.items()}
+        else:
+            arrays = {k: normalise_for_display(a) for k, a in arrays.items()}
+    cmap = cmap or ("RdBu_r" if signed else "inferno")
+    labels = list(arrays)
+    if shared_scale:
+        limits = dict.fromkeys(labels, _limits(list(arrays.values()), signed))
+    else:
+        limits = {k: _limits([a], signed) for k, a in arrays.items()}
+
+    panels_across = 1 + len(labels) if layout == "rows" else count
+    panels_down = count if layout == "rows" else 1 + len(labels)
+    bar_space = 0.9 if (shared_scale or layout == "columns") else 0.0
+    cell = min(cell_inches, (BOOK_WIDTH_IN - bar_space) / panels_across)
+    title_space = 0.3
+    extra_height = 0.0 if (shared_scale or layout == "columns") else 0.7  # colour bars under the columns
     fig, axes = plt.subplots(
-        1 + len(rows), count, figsize=(cell_inches * count, cell_inches * (1 + len(rows))), squeeze=False
+        panels_down, panels_across, squeeze=False, layout="constrained",
+        figsize=(cell * panels_across + bar_space, (cell + title_space) * panels_down + extra_height),
     )
-    for col in range(count):
-        axes[0, col].imshow(images[col])
-        if column_titles is not None:
-            axes[0, col].set_title(column_titles[col], fontsize=8)
-    for row, (label, maps) in enumerate(rows.items(), start=1):
-        shown = normalise_for_display(maps)
-        for col in range(count):
-            axes[row, col].imshow(images[col])
-            axes[row, col].imshow(shown[col], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-        axes[row, 0].set_ylabel(label, fontsize=8)
+    height, width = pictures.shape[1:3]
+    map_axes: dict[str, list] = {label: [] for label in labels}
+    images_shown = {}
+    for i in range(count):
+        row = axes[i] if layout == "rows" else axes[:, i]
+        _show_image(row[0], pictures[i])
+        heading = titles[i] if titles is not None else ""
+        row[0].set_title(heading or (input_label if layout == "rows" and i == 0 else ""), fontsize=FONT_PT)
+        for j, label in enumerate(labels, start=1):
+            ax = row[j]
+            if overlay > 0:
+                grey = pictures[i] if pictures[i].ndim == 2 else pictures[i].mean(-1)
+                ax.imshow(grey, cmap="gray")
+            low, high = limits[label]
+            images_shown[label] = ax.imshow(
+                arrays[label][i], cmap=cmap, vmin=low, vmax=high, alpha=overlay if overlay > 0 else None,
+                extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest",
+            )
+            map_axes[label].append(ax)
+            if layout == "rows" and i == 0:
+                ax.set_title(label, fontsize=FONT_PT)
+            if layout == "columns" and i == 0:
+                ax.set_ylabel(label, fontsize=FONT_PT)
+    if layout == "columns":
+        axes[0, 0].set_ylabel(input_label, fontsize=FONT_PT)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+        ax.grid(False)
+    bars = []
+    if shared_scale:
+        bars.append(fig.colorbar(images_shown[labels[0]], ax=[a for k in labels for a in map_axes[k]],
+                                 location="right", shrink=0.9 if panels_down > 1 else 1.0))
+    else:
+        for label in labels:
+            bars.append(fig.colorbar(images_shown[label], ax=map_axes[label],
+                                     location="bottom" if layout == "rows" else "right", shrink=0.9))
+    for bar in bars:
+        bar.ax.tick_params(labelsize=TICK_PT)
+        if colorbar_label:
+            bar.set_label(colorbar_label, fontsize=TICK_PT)
+        bar.ax.grid(False)
     return fig
+
+
+def image_row(images, titles: Sequence[str] | None = None, *, cell_inches: float = 1.2, cmap: str | None = None):
+    """Pictures side by side with their titles (e.g. class names), within the book's width."""
+    import matplotlib.pyplot as plt
+
+    pictures = _as_images(images)
+    count = len(pictures)
+    if titles is not None and len(titles) != count:
+        raise InvalidParameterError(f"titles has {len(titles)} entries for {count} images; give one per image")
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    cell = min(cell_inches, BOOK_WIDTH_IN / count)
+    fig, axes = plt.subplots(1, count, squeeze=False, layout="constrained",
+                             figsize=(cell * count, cell + 0.2 * lines))
+    for ax, picture, title in zip(axes[0], pictures, titles if titles is not None else [""] * count):
+        if cmap is not None:
+            ax.imshow(picture, cmap=cmap, vmin=0, vmax=255)
+        else:
+            _show_image(ax, picture)
+        ax.set_title(title, fontsize=TICK_PT if lines > 1 else FONT_PT)
+        ax.axis("off")
+    return fig
+
+
+def facet_height(columns: int, aspect: float = 1.0, extra_inches: float = 1.2) -> float:
+    """The seaborn facet `height` that keeps `columns` facets (plus a legend/labels margin) in the book's width."""
+    if columns < 1 or aspect <= 0:
+        raise InvalidParameterError(f"columns must be >= 1 and aspect > 0; got {columns}, {aspect}")
+    return min(3.0, (BOOK_WIDTH_IN - extra_inches) / (columns * aspect))
+
+
+def rendered_width(fig) -> float:
+    """Width in inches of the PNG the book shows: Jupyter saves the tight bounding box plus its padding."""
+    import matplotlib as mpl
+
+    fig.draw_without_rendering()  # runs the layout engine, so the bounding box is final
+    return float(fig.get_tightbbox(fig.canvas.get_renderer()).width) + 2 * float(mpl.rcParams["savefig.pad_inches"])
+
+
+def fit_to_book(fig, width: float = BOOK_WIDTH_IN):
+    """Shrink `fig` until its saved width is at most `width` inches; fonts keep their point size."""
+    for _ in range(4):
+        shown = rendered_width(fig)
+        if shown <= width + 0.01:
+            break
+        w, h = fig.get_size_inches()
+        scale = width / shown * 0.99
+        fig.set_size_inches(w * scale, h * scale)
+    return fig
+
+
+def figure_problems(fig, width: float = BOOK_WIDTH_IN, min_font: float = MIN_FONT_PT) -> list[str]:
+    """What breaks the book's figure rules: too wide to be shown unscaled, text below `min_font` points."""
+    from matplotlib.text import Text
+
+    problems = []
+    shown = rendered_width(fig)
+    if shown > width + 0.01:
+        problems.append(f"the figure is {shown:.2f} in wide; the book shows at most {width} in unscaled (use fit_to_book)")
+    small = sorted({f"{t.get_text()!r} ({t.get_fontsize():.1f} pt)" for t in fig.findobj(Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() < min_font})
+    if small:
+        problems.append(f"text below {min_font} pt: {', '.join(small[:8])}" + (" ..." if len(small) > 8 else ""))
+    return problems
+
+
+def glue_figure(name: str, fig) -> None:
+    """Fit `fig` to the book, check its fonts and glue it as `name` for a numbered ``{glue:figure}``.
+
+    The figure is closed afterwards, so it is not shown a second time without its caption.
+    """
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    fit_to_book(fig)
+    problems = figure_problems(fig)
+    if problems:
+        plt.close(fig)
+        raise InvalidParameterError(f"figure {name!r} breaks the book's figure rules: " + "; ".join(problems))
+    glue(name, fig, display=False)
+    plt.close(fig)
+
+
+# -- docstrings as Markdown -----------------------------------------------------------------
+
+_TABLE_BORDER = re.compile(r"^=+( +=+)*$")
+_BULLET = re.compile(r"^([*+-]) +")
+
+
+def _inline(text: str) -> str:
+    """reST inline markup -> Markdown: ``code`` and :role:`x` become `code`; '*' and '|' outside code escaped."""
+    text = re.sub(r":[a-z:]+:`~?([^`]+)`", r"``\1``", text)
+    parts = re.split(r"(``[^`]+``)", text)
+    out = []
+    for part in parts:
+        if part.startswith("``") and part.endswith("``") and len(part) > 4:
+            out.append(f"`{part[2:-2]}`")
+        else:
+            out.append(part.replace("\\", "\\\\").replace("*", r"\*").replace("|", r"\|"))
+    return "".join(out)
+
+
+def _table_to_markdown(lines: list[str]) -> str:
+    border = lines[0]
+    starts = [m.start() for m in re.finditer(r"=+", border)]
+    borders = [i for i, line in enumerate(lines) if _TABLE_BORDER.match(line.strip()) and line.strip()]
+    if len(borders) < 3:  # no header row: border, body, border
+        header_lines, body_lines = [], lines[borders[0] + 1 : borders[-1]]
+    else:
+        header_lines, body_lines = lines[borders[0] + 1 : borders[1]], lines[borders[1] + 1 : borders[2]]
+
+    def cells(line: str) -> list[str]:
+        ends = starts[1:] + [max(len(line), starts[-1] + 1)]
+        return [line[s:e].strip() for s, e in zip(starts, ends)]
+
+    def rows(block: list[str]) -> list[list[str]]:
+        found: list[list[str]] = []
+        for line in block:
+            if not line.strip():
+                continue
+            row = cells(line)
+            if found and not row[0]:  # a continuation line: its text belongs to the row above
+                found[-1] = [f"{a} {b}".strip() for a, b in zip(found[-1], row)]
+            else:
+                found.append(row)
+        return found
+
+    header = rows(header_lines)[0] if header_lines else [""] * len(starts)
+    body = rows(body_lines)
+    markdown = ["| " + " | ".join(_inline(c) for c in header) + " |", "|" + "---|" * len(header)]
+    markdown += ["| " + " | ".join(_inline(c) for c in row) + " |" for row in body]
+    return "\n".join(markdown)
+
+
+def _list_to_markdown(lines: list[str]) -> str:
+    items: list[str] = []
+    for line in lines:
+        match = _BULLET.match(line)
+        if match:
+            items.append(line[match.end():].strip())
+        elif items:
+            items[-1] += " " + line.strip()
+    return "\n".join(f"- {_inline(item)}" for item in items)
+
+
+def rst_to_markdown(text: str) -> str:
+    """A docstring's reStructuredText (paragraphs, bullet lists, simple ``===`` tables) as Markdown."""
+    blocks, current = [], []
+    for line in text.splitlines():
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    indent = min((len(line) - len(line.lstrip()) for block in blocks for line in block), default=0)
+    out = []
+    for block in blocks:
+        block = [line[indent:] for line in block]
+        if _TABLE_BORDER.match(block[0].strip()):
+            out.append(_table_to_markdown(block))
+        elif _BULLET.match(block[0]):
+            out.append(_list_to_markdown(block))
+        else:
+            out.append(_inline(" ".join(line.strip() for line in block)))
+    return "\n\n".join(out)
 
 
 def doc_section(module, title: str) -> str:
     """The indented block under the line starting with `title` in `module`'s docstring, as Markdown."""
-    import inspect
-
-    lines = inspect.getdoc(module).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(title))
-    title, start = lines[start], start + 1
-    body = []
-    for line in lines[start:]:
+    lines = (inspect.getdoc(module) or "").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(title)), None)
+    if start is None:
+        raise InvalidParameterError(f"{getattr(module, '__name__', module)}'s docstring has no section {title!r}")
+    heading, body = lines[start], []
+    for line in lines[start + 1 :]:
         if line and not line.startswith(" "):
             break
-        body.append(line[4:] if line.startswith("    ") else line)
-    text = "\n".join(body).strip("\n")
-    # reST tables become preformatted blocks in Markdown
-    return f"**{title}.**\n\n" + "\n\n".join(
-        f"```text\n{part}\n```" if part.lstrip().startswith("===") else " ".join(part.split())
-        for part in text.split("\n\n")
-    )
+        body.append(line)
+    return f"**{_inline(heading)}.**\n\n" + rst_to_markdown("\n".join(body))

@@ -1,0 +1,131 @@
+"""xaikit.bookpages: status derived from notebooks and run records, the generated tables, the environment page."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xaikit.bookpages import (
+    DEMO_DONE,
+    NOT_YET,
+    PAPER_DONE,
+    environment_section,
+    item_status,
+    load_items,
+    load_run_records,
+    write_generated_pages,
+)
+from xaikit.errors import DataIntegrityError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STATUS = {
+    "chapters": [
+        {"chapter": "foundations", "title": "Foundations",
+         "items": [{"item": "Foundations 1", "what": "anatomy", "notebook": "foundations/01_anatomy"}]},
+        {"chapter": "tokentm", "title": "TokenTM", "paper": "wu2024tokentm",
+         "items": [
+             {"item": "Fig. 1", "what": "maps | qualitative", "notebook": "tokentm/01_maps"},
+             {"item": "Table 1", "what": "segmentation", "notebook": "tokentm/02_segmentation"},
+             {"item": "Table 5", "what": "AOPC", "notebook": "tokentm/04_aopc"},
+             {"item": "Table 6", "what": "ablation"},
+         ]},
+    ]
+}
+
+
+def entry(name, profile, ok=True, **extra):
+    return {"notebook": name, "profile": profile, "ok": ok, "wall_seconds": 12.5, "peak_memory_mb": 812.4,
+            "device": "CPU (2 threads)", "finished_at": "2026-01-02T03:04:05Z", "commit": "abc1234", "dirty": False,
+            "versions": {"python": "3.11.9", "torch": "2.5.0", "timm": "1.0.9", "grad-cam": "1.5.4", "xaikit": "0.1.0"},
+            "error_class": None if ok else "ValueError", "error_message": "" if ok else "boom",
+            "run_info": {"models": ["demo-cifar10-vit"], "data": "cifar10", "sample": "4 images"}, **extra}
+
+
+@pytest.fixture
+def book(tmp_path):
+    """A book source with a status file, two existing notebooks (one also rendered) and run records."""
+    source, notebooks = tmp_path / "book", tmp_path / "notebooks"
+    (source / "_run").mkdir(parents=True)
+    (source / "status.yml").write_text(yaml.safe_dump(STATUS, allow_unicode=True))
+    for name in ("foundations/01_anatomy", "tokentm/01_maps", "tokentm/02_segmentation"):
+        (notebooks / name).parent.mkdir(parents=True, exist_ok=True)
+        (notebooks / f"{name}.ipynb").write_text("{}")
+    (source / "tokentm").mkdir()
+    (source / "tokentm" / "01_maps.ipynb").write_text("{}")  # executed into the book
+    demo = {"profile": "demo", "notebooks": {
+        "foundations/01_anatomy": entry("foundations/01_anatomy", "demo"),
+        "tokentm/01_maps": entry("tokentm/01_maps", "demo"),
+        "tokentm/02_segmentation": entry("tokentm/02_segmentation", "demo", ok=False),
+        "tokentm/04_aopc": entry("tokentm/04_aopc", "demo"),  # recorded, but the notebook file is gone
+    }}
+    paper = {"profile": "paper", "notebooks": {"tokentm/01_maps": entry("tokentm/01_maps", "paper", device="NVIDIA H100")}}
+    (source / "_run" / "runs-demo.json").write_text(json.dumps(demo))
+    (source / "_run" / "runs-paper.json").write_text(json.dumps(paper))
+    return source, notebooks
+
+
+def test_status_is_derived_from_notebooks_and_run_records(book):
+    source, notebooks = book
+    records = load_run_records(source / "_run")
+    assert item_status("tokentm/01_maps", records, notebooks) == PAPER_DONE
+    assert item_status("foundations/01_anatomy", records, notebooks) == DEMO_DONE
+    assert item_status("tokentm/02_segmentation", records, notebooks) == NOT_YET  # exists, but its run failed
+    assert item_status("tokentm/04_aopc", records, notebooks) == NOT_YET  # a record, but no notebook
+    assert item_status(None, records, notebooks) == NOT_YET
+    assert item_status("tokentm/01_maps", {}, notebooks) == NOT_YET  # no run record at all
+
+
+def test_generated_status_table_has_every_paper_item_once(book):
+    source, notebooks = book
+    written = write_generated_pages(source, notebooks=notebooks)
+    assert {p.name for p in written} == {"status.md", "status-foundations.md", "status-tokentm.md", "environment.md"}
+    table = (source / "_generated" / "status.md").read_text().splitlines()
+    assert table[0] == "| Paper | Item | Shows | Notebook | Status |"
+    rows = table[2:]
+    assert [row.split(" | ")[1] for row in rows] == ["Fig. 1", "Table 1", "Table 5", "Table 6"]  # papers only, in order
+    by_item = {row.split(" | ")[1]: row for row in rows}
+    assert by_item["Fig. 1"].endswith("| paper done |") and "{doc}`tokentm/01_maps </tokentm/01_maps>`" in by_item["Fig. 1"]
+    assert "maps \\| qualitative" in by_item["Fig. 1"]  # a '|' in the text does not break the table
+    assert by_item["Table 1"].endswith("| not yet |") and "`tokentm/02_segmentation` (planned)" in by_item["Table 1"]
+    assert by_item["Table 5"].endswith("| not yet |")
+    assert by_item["Table 6"].endswith("| – | not yet |")
+    chapter = (source / "_generated" / "status-foundations.md").read_text().splitlines()
+    assert chapter[0] == "| Item | Shows | Notebook | Status |" and chapter[2].endswith("| demo done |")
+
+
+def test_every_item_of_the_books_status_file_is_in_the_generated_table(tmp_path):
+    source = tmp_path / "book"
+    source.mkdir()
+    items = load_items(ROOT / "book" / "status.yml")
+    write_generated_pages(source, status_file=ROOT / "book" / "status.yml")
+    rows = (source / "_generated" / "status.md").read_text().splitlines()[2:]
+    paper_items = [i for i in items if i.paper]
+    assert [(row.split(" | ")[1], row.split(" | ")[2]) for row in rows] == [(i.item, i.what) for i in paper_items]
+    assert all(row.endswith("| not yet |") for row in rows)  # no run record: nothing is done
+    assert {i.chapter for i in paper_items} == {"tokentm", "cdam", "vita"}
+
+
+def test_a_typed_status_is_refused(tmp_path):
+    broken = {"chapters": [{"chapter": "x", "title": "X", "items": [{"item": "Fig. 1", "what": "w", "status": "paper done"}]}]}
+    (tmp_path / "status.yml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(DataIntegrityError, match="types a status"):
+        load_items(tmp_path / "status.yml")
+
+
+def test_a_corrupt_run_record_is_reported(tmp_path):
+    (tmp_path / "runs-demo.json").write_text("{not json")
+    with pytest.raises(DataIntegrityError, match="runs-demo.json"):
+        load_run_records(tmp_path)
+
+
+def test_environment_section_reads_versions_hardware_and_times(book):
+    source, _ = book
+    text = environment_section(load_run_records(source / "_run"))
+    assert text.index("## Profile `demo`") < text.index("## Profile `paper`")
+    assert "| foundations/01_anatomy | ok | demo-cifar10-vit | 12.5 | 812 | CPU (2 threads) | 2026-01-02T03:04:05Z |" in text
+    assert "failed (ValueError)" in text and "NVIDIA H100" in text
+    assert "| torch | 2.5.0 |" in text and "| commit | abc1234 |" in text
+    assert "4 notebooks, 50 s in all." in text
+    assert "No run record" in environment_section({})
