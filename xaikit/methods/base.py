@@ -99,7 +99,7 @@ class Explainer:
         for name, value in params.items():
             default = valid[name].default
             if isinstance(default, int) and not isinstance(default, bool):
-                params[name] = _integer_setting(cls.name, name, value)
+                params[name] = integer_setting(cls.name, name, value)
         return cls(model, **params)
 
     # -- running ---------------------------------------------------------------------
@@ -131,7 +131,7 @@ class Explainer:
                 logits = self.model(inputs)
                 classes = None
                 if needs_backward:
-                    scores, classes = resolve_targets(targets, logits)
+                    scores, classes = self.target_scores(targets, logits)
                     # Images are independent in eval mode, so the gradient of the sum gives
                     # every image the gradient of its own score; only the recorded tensors'
                     # gradients are computed (never the parameters').
@@ -142,6 +142,11 @@ class Explainer:
         if self.resolution == "pixel":
             return tokens
         return tokens.reshape(images.shape[0], gh, gw)
+
+    def target_scores(self, targets: Target, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scores (B,) whose gradients the method reads, and the explained class per image
+        (None for a callable target): the targets' logits (`resolve_targets`) unless overridden."""
+        return resolve_targets(targets, logits)
 
     def token_scores(self, recorder: ViTRecorder, logits: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
         """One score per patch token, (B, gh*gw), from the recorded pass."""
@@ -203,7 +208,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-def _integer_setting(method: str, name: str, value: object) -> object:
+def integer_setting(method: str, name: str, value: object) -> object:
     """An int-valued setting as a Python int: numpy integers accepted, bools refused."""
     if isinstance(value, (bool, np.bool_)):
         raise InvalidParameterError(f"{name} of method {method!r} must be an int; got the bool {value!r}")
