@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# AttnLRP's authors' code checks ours in tests; --no-deps skips its Hugging Face extras.
+	$(PY) -m pip install --quiet --no-deps 'lxt==2.1'
 	touch $(STAMP)
 
 test: $(STAMP)

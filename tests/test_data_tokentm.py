@@ -8,10 +8,8 @@ downloads go through pooch's downloader hook with local files.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
-import tarfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,14 @@ from PIL import Image
 from torchvision import transforms
 
 from conftest import small_vit
+from paper_fixtures import (
+    COARSE_NAMES,
+    FINE_NAMES,
+    cifar100_records,
+    write_gtsegs,
+    write_imagenet_folder,
+    write_tar,
+)
 from xaikit.data import load_examples
 from xaikit.data.cifar100 import Cifar100Split, load_cifar100, read_cifar100_binary
 from xaikit.data.imagenet import (
@@ -69,15 +75,6 @@ def copying_downloader(source: Path, calls: list[str]):
 
 def refusing_downloader(url, output_file, pooch_instance):
     raise AssertionError(f"network access attempted for {url}")
-
-
-def write_tar(path: Path, entries: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def manifest_dir_with(tmp_path: Path, name: str, **changes) -> Path:
@@ -197,34 +194,6 @@ def test_fetch_never_downloads_a_manifest_that_must_be_obtained_by_hand(tmp_path
 
 
 # ----------------------------------------------------------------------------- ImageNet-Segmentation
-
-
-def write_gtsegs(path: Path, images: list[np.ndarray], masks: list[np.ndarray], mask_dtype=np.uint8) -> Path:
-    """A MATLAB v7.3 file with gtsegs_ijcv.mat's structure: a 512-byte MATLAB header, the struct
-    `value` with (N, 1) cell arrays `img` and `gt` of object references into #refs#; images stored
-    column-major as (3, W, H), each mask inside a 1x1 cell as (W, H)."""
-    count = len(images)
-    with h5py.File(path, "w", userblock_size=512) as f:
-        refs = f.create_group("#refs#")
-        value = f.create_group("value")
-        value.attrs["MATLAB_class"] = np.bytes_("struct")
-        img_refs = np.empty((count, 1), dtype=h5py.ref_dtype)
-        gt_refs = np.empty((count, 1), dtype=h5py.ref_dtype)
-        for index, (image, mask) in enumerate(zip(images, masks)):
-            stored = refs.create_dataset(f"img{index}", data=np.ascontiguousarray(image.transpose(2, 1, 0)))
-            stored.attrs["MATLAB_class"] = np.bytes_("uint8")
-            img_refs[index, 0] = stored.ref
-            stored_mask = refs.create_dataset(f"mask{index}", data=np.ascontiguousarray(mask.T).astype(mask_dtype))
-            stored_mask.attrs["MATLAB_class"] = np.bytes_("logical")
-            cell = refs.create_dataset(f"cell{index}", data=np.array([[stored_mask.ref]], dtype=h5py.ref_dtype))
-            cell.attrs["MATLAB_class"] = np.bytes_("cell")
-            gt_refs[index, 0] = cell.ref
-        for key, data in (("img", img_refs), ("gt", gt_refs)):
-            value.create_dataset(key, data=data).attrs["MATLAB_class"] = np.bytes_("cell")
-    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: xaikit tests HDF5 schema 1.00 .".ljust(116)
-    with open(path, "r+b") as handle:
-        handle.write(header + bytes(8) + b"\x00\x02IM")
-    return path
 
 
 def seg_samples(seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -376,21 +345,6 @@ def test_imagenet_seg_accepts_masks_stored_as_doubles(tmp_path):
 
 # ----------------------------------------------------------------------------- CIFAR-100
 
-FINE_NAMES = [f"fine_class_{i:02d}" for i in range(100)]
-COARSE_NAMES = [f"superclass_{i:02d}" for i in range(20)]
-
-
-def cifar100_records(images: np.ndarray, coarse: np.ndarray, fine: np.ndarray) -> bytes:
-    """Official CIFAR-100 binary records, built byte by byte: coarse label, fine label, R, G, B planes."""
-    out = bytearray()
-    for image, coarse_label, fine_label in zip(images, coarse, fine):
-        out.append(int(coarse_label))
-        out.append(int(fine_label))
-        for channel in range(3):
-            out.extend(int(v) for v in image[:, :, channel].reshape(-1))
-    return bytes(out)
-
-
 def tiny_cifar100_split(seed: int, records: int):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(records, 32, 32, 3), dtype=np.uint8)
@@ -502,17 +456,6 @@ def test_load_cifar100_from_the_cache_checks_the_md5_without_network(tmp_path, m
 
 
 # ----------------------------------------------------------------------------- ImageNet validation
-
-
-def write_imagenet_folder(root: Path, numbers: list[int], *, full: bool = True) -> Path:
-    """<root>/images/ILSVRC2012_val_XXXXXXXX.JPEG (tiny JPEGs), val.txt and synset_words.txt."""
-    (root / "images").mkdir(parents=True)
-    for number in numbers:
-        Image.new("RGB", (8, 6), (number % 256, 10, 20)).save(root / "images" / f"ILSVRC2012_val_{number:08d}.JPEG")
-    listed = range(1, 50_001) if full else numbers
-    (root / "val.txt").write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG {(7 * i) % 1000}\n" for i in listed))
-    (root / "synset_words.txt").write_text("".join(f"n{i:08d} class {i}, other name\n" for i in range(1000)))
-    return root
 
 
 def test_check_imagenet_val_accepts_the_full_label_file_with_a_subset_of_images(tmp_path):

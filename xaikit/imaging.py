@@ -204,13 +204,19 @@ def to_display(model: nn.Module, batch: torch.Tensor) -> np.ndarray:
 
 
 def upsample(maps: torch.Tensor, size: int | Sequence[int], mode: str = "bilinear") -> torch.Tensor:
-    """Token maps (B, gh, gw) -> pixel maps (B, H, W), interpolated with `mode` (align_corners=False)."""
+    """Token maps (B, gh, gw) -> pixel maps (B, H, W), interpolated with `mode` (align_corners=False).
+
+    Pixel maps (e.g. full LRP's) already of size `size` are returned unchanged; of another size,
+    they are interpolated like token maps.
+    """
     if mode not in UPSAMPLE_MODES:
         raise InvalidParameterError(f"unknown upsampling mode {mode!r}; valid modes are {', '.join(UPSAMPLE_MODES)}")
     if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
         shape = tuple(maps.shape) if hasattr(maps, "shape") else type(maps).__name__
         raise InvalidParameterError(f"maps must be a tensor (B, gh, gw); got {shape}")
     size = _check_size(size)
+    if tuple(maps.shape[-2:]) == size:
+        return maps
     align = None if mode == "nearest" else False
     return F.interpolate(maps[:, None], size=size, mode=mode, align_corners=align)[:, 0]
 

@@ -15,6 +15,19 @@ A run that would leave a useless model writes nothing: an empty training set
 is refused before training, and a model whose test accuracy is at chance level
 raises `TrainingError` instead of writing weights and a card (see
 `chance_threshold` for the rule).
+
+Fine-tuning. A recipe with ``init`` (e.g. ``"deit_base_patch16_224.fb_in1k"``)
+starts from those published weights instead of a random model (`initialise`):
+every tensor is copied except a classifier head of another size (ImageNet's 1,000
+classes for CIFAR's 10 or 100), which is dropped and keeps the fresh head timm
+gives a new model. Images smaller than the model's input are upsampled
+bilinearly to it (`resize_to_model`), after the augmentation, in training and
+in `accuracy`. The recipes ``deit_base-cifar10`` and ``deit_base-cifar100`` are
+the paper profile's CIFAR checkpoints: their weights and cards go into
+`xaikit.models.weights_dir` (``$XAIKIT_WEIGHTS_DIR``) as
+``deit_base_patch16_224-cifar10.safetensors`` / ``.json`` (and ``-cifar100``);
+``load_trained("deit_base-cifar10")`` loads them. The paper's own checkpoints and
+recipe are not published; these settings are this project's (see `RECIPES`).
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -64,9 +78,18 @@ class TrainConfig:
     monitor_size: int = 2000  # test images scored after every epoch for the curve
     bf16_autocast: bool = True  # mixed precision: 1.4x faster on CPUs with avx512_bf16, and on GPUs
     data_kwargs: dict = field(default_factory=dict)
+    # Fine-tuning: the timm name (with pretrained tag) of the weights training starts from; None: random.
+    init: str | None = None
+    # File stem of the weights and card written at the end; None: the recipe's name.
+    output_name: str | None = None
 
     def __post_init__(self) -> None:
         check_recipe(self)
+
+    @property
+    def stem(self) -> str:
+        """File stem of the weights and card this recipe writes: ``output_name``, else ``name``."""
+        return self.output_name or self.name
 
 
 def check_recipe(config: TrainConfig) -> None:
@@ -77,11 +100,29 @@ def check_recipe(config: TrainConfig) -> None:
             raise InvalidParameterError(
                 f"recipe {config.name!r}: {name} must be a whole number >= 1, got {value!r}"
             )
+    for name in ("init", "output_name"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, str) or not value.strip() or "/" in value):
+            raise InvalidParameterError(
+                f"recipe {config.name!r}: {name} must be None or a model/file name without '/', got {value!r}"
+            )
 
 
 def trained_dir() -> Path:
     """Default folder of trained weights and cards: ``$XAIKIT_CACHE_DIR/trained``, else ``~/.cache/xaikit/trained``."""
     return cache_dir() / "trained"
+
+
+def default_out_dir(config: TrainConfig) -> Path:
+    """Where `train` writes a recipe's weights and card by default.
+
+    Fine-tuned recipes (with ``init``) go beside the published weights xaikit
+    loads, `xaikit.models.weights_dir` (``$XAIKIT_WEIGHTS_DIR``, else
+    ``~/.cache/xaikit/weights``); recipes trained from scratch go to `trained_dir`.
+    """
+    from .models import weights_dir
+
+    return weights_dir() if config.init else trained_dir()
 
 
 def training_dir() -> Path:
@@ -104,10 +145,29 @@ def chance_threshold(labels: np.ndarray, num_classes: int) -> float:
     return chance + 3.0 * math.sqrt(chance * (1.0 - chance) / len(labels))
 
 
-def _cifar10(split: str, **kwargs):
+def _sample(data, split: str, n: int, seed: int = 0):
+    """A class-balanced, seeded sample of `n` images of `data` (0: all of them)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidParameterError(f"the number of {split} images must be a whole number >= 0 (0: all), got {n!r}")
+    if n == 0 or n == len(data.labels):
+        return data
+    if n > len(data.labels):
+        raise InvalidParameterError(
+            f"asked for {n} {split} images, but the {split} split has only {len(data.labels)}; ask for fewer (0: all)"
+        )
+    return data.take(n, seed=seed)
+
+
+def _cifar10(split: str, n_train: int = 0, n_test: int = 0, **kwargs):
     from .data.cifar10 import load_cifar10
 
-    return load_cifar10(split, **kwargs)
+    return _sample(load_cifar10(split, **kwargs), split, n_train if split == "train" else n_test)
+
+
+def _cifar100(split: str, n_train: int = 0, n_test: int = 0, **kwargs):
+    from .data.cifar100 import load_cifar100
+
+    return _sample(load_cifar100(split, **kwargs), split, n_train if split == "train" else n_test)
 
 
 def _shapes(split: str, n_train: int = 30000, n_test: int = 2000, size: int = 32):
@@ -120,7 +180,7 @@ def _shapes(split: str, n_train: int = 30000, n_test: int = 2000, size: int = 32
 
 
 #: data name -> function(split, **data_kwargs) returning an object with .images (N,H,W,3) uint8 and .labels
-DATASETS: dict[str, Callable] = {"cifar10": _cifar10, "shapes": _shapes}
+DATASETS: dict[str, Callable] = {"cifar10": _cifar10, "cifar100": _cifar100, "shapes": _shapes}
 
 
 def _vit_kwargs(embed_dim: int, depth: int, num_heads: int, mean, std, **extra) -> dict:
@@ -135,6 +195,46 @@ def _vit_kwargs(embed_dim: int, depth: int, num_heads: int, mean, std, **extra) 
         # Recorded in model.pretrained_cfg so that xaikit.preprocess normalises correctly.
         pretrained_cfg_overlay=dict(mean=list(mean), std=list(std), input_size=[3, 32, 32], crop_pct=1.0, num_classes=10),
         **extra,
+    )
+
+
+def _finetune_kwargs(num_classes: int, img_size: int = 224) -> dict:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return dict(
+        img_size=img_size,
+        num_classes=num_classes,
+        # The ImageNet weights' own normalisation; crop_pct 1 and bilinear: xaikit.preprocess then
+        # resizes a CIFAR image to the input size exactly as training did (no centre crop).
+        pretrained_cfg_overlay=dict(mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
+                                    input_size=[3, img_size, img_size], crop_pct=1.0, interpolation="bilinear",
+                                    num_classes=num_classes),
+    )
+
+
+def _deit_cifar(data: str, num_classes: int) -> TrainConfig:
+    # Our settings (the paper's are not published): a short, standard fine-tuning of the
+    # ImageNet DeiT-B: AdamW at 1e-4 (batch 128) with one warm-up epoch and cosine decay,
+    # 10 epochs, label smoothing 0.1, random crop (4 px reflect padding) and flips at 32 x 32,
+    # then bilinear upsampling to 224 x 224. Official binary archives (not the JPEG copy).
+    return TrainConfig(
+        name=f"deit_base-{data}",
+        data=data,
+        architecture="deit_base_patch16_224",
+        init="deit_base_patch16_224.fb_in1k",
+        output_name=f"deit_base_patch16_224-{data}",
+        timm_kwargs=_finetune_kwargs(num_classes),
+        data_kwargs={"source": "binary"} if data == "cifar10" else {},
+        epochs=10,
+        batch_size=128,
+        lr=1e-4,
+        weight_decay=0.05,
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        random_crop_padding=4,
+        horizontal_flip=True,
+        monitor_size=2000,
+        bf16_autocast=True,
     )
 
 
@@ -161,22 +261,198 @@ RECIPES: dict[str, TrainConfig] = {
         lr=1e-3,
         warmup_epochs=1.0,
     ),
+    "deit_base-cifar10": _deit_cifar("cifar10", 10),
+    "deit_base-cifar100": _deit_cifar("cifar100", 100),
 }
 
 
+FINETUNE_DATA = {"cifar10": 10, "cifar100": 100}
+
+
+def finetune_recipe(
+    data: str,
+    *,
+    model_name: str = "",
+    img_size: int = 0,
+    n_train: int = 0,
+    n_test: int = 0,
+    timm_kwargs: dict | None = None,
+    **changes,
+) -> TrainConfig:
+    """The CIFAR fine-tuning recipe ``deit_base-<data>`` of `RECIPES`, with the changes asked for.
+
+    model_name: another timm model (with pretrained tag) to fine-tune instead of
+    ``deit_base_patch16_224.fb_in1k``; the recipe and its files are then named
+    ``<architecture>-<data>``. img_size: another input side (default 224); the 32 x 32
+    images are upsampled to it. n_train / n_test: class-balanced, seeded samples of the
+    splits (0: all). timm_kwargs: extra arguments of ``timm.create_model`` (e.g. ``depth``).
+    Empty `model_name`, `img_size`, `n_train` and `n_test` (``""``, 0) keep the recipe's.
+    Other `TrainConfig` fields (``epochs``, ``batch_size``, ``lr``, ``init=None`` for a
+    random start, ...) are replaced as given.
+    """
+    if data not in FINETUNE_DATA:
+        raise InvalidParameterError(f"no fine-tuning recipe for data {data!r}; known: {', '.join(FINETUNE_DATA)}")
+    recipe = RECIPES[f"deit_base-{data}"]
+    updates: dict = {}
+    if model_name:
+        if not isinstance(model_name, str) or "/" in model_name:
+            raise InvalidParameterError(f"model_name must be a timm model name like 'deit_small_patch16_224.fb_in1k', got {model_name!r}")
+        architecture = model_name.split(".", 1)[0]
+        updates.update(architecture=architecture, init=model_name, name=f"{architecture}-{data}",
+                       output_name=f"{architecture}-{data}")
+    kwargs = dict(recipe.timm_kwargs)
+    if img_size:
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise InvalidParameterError(f"img_size must be a whole number >= 1 (pixels), got {img_size!r}")
+        kwargs = _finetune_kwargs(FINETUNE_DATA[data], img_size)
+    kwargs.update(timm_kwargs or {})
+    data_kwargs = dict(recipe.data_kwargs)
+    data_kwargs.update({key: n for key, n in (("n_train", n_train), ("n_test", n_test)) if n})
+    return replace(recipe, timm_kwargs=kwargs, data_kwargs=data_kwargs, **{**updates, **changes})
+
+
 def build_model(config: TrainConfig) -> nn.Module:
+    """The recipe's model with random weights (seeded); `initialise` loads ``config.init``'s weights into it."""
     import timm
 
     torch.manual_seed(config.seed)
     return timm.create_model(config.architecture, pretrained=False, **config.timm_kwargs)
 
 
-def to_inputs(images_uint8: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) with the model's mean/std."""
+def classifier_keys(model: nn.Module) -> list[str]:
+    """Names of the classifier head's tensors (timm's ``pretrained_cfg['classifier']``, e.g. ``head``)."""
+    heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    return [key for key in model.state_dict() if any(key.startswith(f"{head}.") for head in heads)]
+
+
+def initialise(model: nn.Module, init: str, *, weights: str | os.PathLike | None = None,
+               timm_kwargs: dict | None = None) -> dict:
+    """Load the published weights `init` into `model` for fine-tuning; return what was done (for the card).
+
+    The weights come from the local file `weights` when given, else from
+    `xaikit.load_model(init)` (``$XAIKIT_WEIGHTS_DIR``, the Hugging Face cache, or a
+    download; offline it raises WeightsUnavailableError naming the file to fetch),
+    built with the recipe's `timm_kwargs` except the head and input size
+    (``num_classes``, ``img_size``, ``pretrained_cfg_overlay``), e.g. another ``depth``.
+    Every tensor is copied, resampled by timm's checkpoint filter where the input
+    size differs (with a warning), except the classifier head when its shape
+    differs from the model's (ImageNet's 1,000 classes for CIFAR's 10): that head
+    is dropped and the model keeps the head timm initialised (truncated normal,
+    std 0.02, zero bias), seeded by `build_model`. Any other tensor that does not
+    fit raises WeightsUnavailableError.
+    """
+    from .models import _warn_resampling, load_model, read_state_dict
+
+    if weights is not None:
+        state = read_state_dict(weights)
+        source = str(Path(weights).expanduser())
+    else:
+        architecture = {k: v for k, v in (timm_kwargs or {}).items()
+                        if k not in ("num_classes", "img_size", "pretrained_cfg_overlay")}
+        published = load_model(init, **architecture)
+        state, source = published.state_dict(), f"{init} (found by xaikit.load_model)"
+        del published
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        _warn_resampling(state, model, source)
+        state = filter_fn(state, model)
+    target = model.state_dict()
+    head = set(classifier_keys(model))
+    replaced = sorted(k for k in head if k in state and tuple(state[k].shape) != tuple(target[k].shape))
+    old_classes = int(state[replaced[0]].shape[0]) if replaced else None
+    kept = {k: v for k, v in state.items() if k not in replaced}
+    fix = f"Check that {source} holds weights of {init!r} (and that the recipe's architecture is that model's)."
+    try:
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+    except RuntimeError as err:  # tensors of other shapes outside the head
+        raise WeightsUnavailableError(f"{source} does not fit {type(model).__name__}: {err}\n{fix}") from err
+    missing = [k for k in missing if k not in replaced]
+    if missing or unexpected:
+        raise WeightsUnavailableError(
+            f"{source} does not fit {type(model).__name__}: missing {', '.join(missing[:5]) or 'none'}, "
+            f"unexpected {', '.join(list(unexpected)[:5]) or 'none'}. {fix}"
+        )
+    new_classes = int(getattr(model, "num_classes", 0) or target[replaced[0]].shape[0]) if replaced else None
+    return {
+        "weights": init,
+        "source": source,
+        "copied_tensors": len(kept),
+        "reinitialised": replaced,
+        "head": (f"dropped ({', '.join(replaced)}: {old_classes} classes) and re-initialised for {new_classes} classes"
+                 if replaced else "kept"),
+    }
+
+
+def resize_images(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A float batch (B, C, H, W) resized bilinearly to `size` (H, W); returned as is when it has that size.
+
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``: pixel
+    centres at half-pixel offsets, the convention of torchvision's ``Resize`` (and of
+    PIL when upsampling).
+    """
+    size = tuple(int(side) for side in size)
+    if tuple(batch.shape[-2:]) == size:
+        return batch
+    return F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
+
+
+def resize_to_model(batch: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A float batch (B, 3, H, W) resized bilinearly (`resize_images`) to the model's input size."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or batch.shape[-2:]
+    return resize_images(batch, size)
+
+
+def describe_recipe(config: TrainConfig, data_size: int = 32) -> dict[str, str]:
+    """The settings of recipe `config` in words, one entry per setting (for the book's recipe tables)."""
+    kwargs = config.timm_kwargs
+    side = kwargs.get("img_size", 224)
+    side = side if isinstance(side, (list, tuple)) else (side, side)
+    overlay = kwargs.get("pretrained_cfg_overlay", {})
+    data = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "shapes": "synthetic shapes"}.get(config.data, config.data)
+    n_train = config.data_kwargs.get("n_train", 0)
+    source = {"binary": ", official binary archive", "jpeg": ", offline JPEG copy"}.get(config.data_kwargs.get("source"), "")
+    steps = "epoch" if config.warmup_epochs == 1 else "epochs"
+    precision = "bfloat16 autocast (weights and optimiser in float32)" if config.bf16_autocast else "float32"
+    architecture = config.architecture + "".join(
+        f", {key} {kwargs[key]}" for key in ("depth", "embed_dim", "num_heads") if key in kwargs
+    )
+    return {
+        "starting weights": (f"{config.init} (its head dropped, a new one initialised)" if config.init
+                             else f"random (timm's initialisation, seed {config.seed})"),
+        "architecture": architecture,
+        "classes": str(kwargs.get("num_classes", "")),
+        "training data": f"{data} training split{source}, "
+                         + (f"{n_train} images (class-balanced, seeded)" if n_train else "all images"),
+        "input": (f"{data_size} x {data_size} upsampled to {side[0]} x {side[1]}, bilinear (after augmentation)"
+                  if tuple(side) != (data_size, data_size) else f"{data_size} x {data_size}, not resized"),
+        "normalisation": (f"mean {tuple(round(v, 3) for v in overlay['mean'])}, std {tuple(round(v, 3) for v in overlay['std'])}"
+                          if "mean" in overlay else "the model's default"),
+        "augmentation": ", ".join(
+            ([f"random {data_size} x {data_size} crop after {config.random_crop_padding}-pixel reflect padding"]
+             if config.random_crop_padding else [])
+            + (["horizontal flip (p = 0.5)"] if config.horizontal_flip else [])
+        ) or "none",
+        "optimiser": f"AdamW, lr {config.lr:g}, weight decay {config.weight_decay:g}, betas (0.9, 0.999)",
+        "schedule": f"linear warm-up over {config.warmup_epochs:g} {steps}, times a cosine decay from 1 to 0 over the run",
+        "epochs": str(config.epochs),
+        "batch size": str(config.batch_size),
+        "loss": f"cross-entropy, label smoothing {config.label_smoothing:g}",
+        "precision": precision,
+        "seed": str(config.seed),
+    }
+
+
+def to_inputs(images_uint8: torch.Tensor, model: nn.Module, *, resize: bool = True) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) with the model's mean/std.
+
+    With `resize` (default) the batch is upsampled to the model's input size (`resize_to_model`).
+    """
     from .imaging import mean_std
 
     mean, std = mean_std(model, images_uint8.device)
-    return (images_uint8.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    batch = (images_uint8.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    return resize_to_model(batch, model) if resize else batch
 
 
 def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -224,11 +500,13 @@ def hardware(device: str) -> str:
 _CHECKPOINT_KEYS = frozenset({"model", "optimizer", "schedule", "generator", "state", "config"})
 
 
-def _resolve_out_dir(out_dir: str | os.PathLike | None, replace_shipped: bool) -> Path:
+def _resolve_out_dir(out_dir: str | os.PathLike | None, replace_shipped: bool, config: TrainConfig | None = None) -> Path:
     """Where the weights go; the shipped models' folder only with ``replace_shipped=True``."""
     shipped = Path(WEIGHTS_DIR).resolve()
     if out_dir is None:
-        return Path(WEIGHTS_DIR) if replace_shipped else trained_dir()
+        if replace_shipped:
+            return Path(WEIGHTS_DIR)
+        return default_out_dir(config) if config is not None else trained_dir()
     out_dir = Path(out_dir).expanduser()
     is_shipped = out_dir.resolve() == shipped
     if replace_shipped and not is_shipped:
@@ -269,6 +547,25 @@ def _read_checkpoint(path: Path, device: str, recipe_json: str) -> dict:
     return saved
 
 
+def load_data(config: TrainConfig):
+    """The recipe's (training, test) sets; an empty one is refused (InvalidParameterError).
+
+    Missing data raises the loader's DataUnavailableError (what to download, where to put
+    it), so calling this first checks a recipe's data before a long run.
+    """
+    if config.data not in DATASETS:
+        raise InvalidParameterError(f"recipe {config.name!r}: unknown data {config.data!r}; known: {', '.join(DATASETS)}")
+    train_set = DATASETS[config.data]("train", **config.data_kwargs)
+    test_set = DATASETS[config.data]("test", **config.data_kwargs)
+    for split, data in (("training", train_set), ("test", test_set)):
+        if len(data.labels) == 0:
+            raise InvalidParameterError(
+                f"recipe {config.name!r}: the {split} set of {config.data!r} with {config.data_kwargs} is empty, "
+                "so no step would be trained or measured; give it images"
+            )
+    return train_set, test_set
+
+
 def train(
     config: TrainConfig,
     *,
@@ -279,16 +576,23 @@ def train(
     checkpoint_every_s: float = 300.0,
     device: str | None = None,
     log: Callable[[str], None] = print,
+    init_weights: str | os.PathLike | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run (or resume) recipe `config`; returns the model card written next to the weights.
 
-    out_dir: where ``<name>.safetensors`` and ``<name>.json`` go; default
-    `trained_dir()`. The shipped models' folder (``xaikit/weights``) is refused
+    out_dir: where ``<stem>.safetensors`` and ``<stem>.json`` go (`TrainConfig.stem`);
+    default `default_out_dir(config)`: `trained_dir()`, or for fine-tuned recipes
+    `xaikit.models.weights_dir()`. The shipped models' folder (``xaikit/weights``) is refused
     unless ``replace_shipped=True``, which also makes it the default.
     work_dir: where the resumable checkpoint ``<name>.ckpt.pt`` goes; default
     `training_dir()`.
     `max_steps` stops early without writing weights (for tests and smoke runs);
     the checkpoint in `work_dir` still allows resuming.
+    init_weights: a local file holding the weights of ``config.init`` (fine-tuning,
+    see `initialise`); default: found by `xaikit.load_model`.
+    on_step: called after every optimiser step with ``{"step", "epoch", "loss", "lr"}``
+    (the learning rate that step used).
 
     Raises InvalidParameterError for a recipe that trains no step (``epochs < 1``,
     an empty training set), DataIntegrityError for an unreadable checkpoint or
@@ -300,23 +604,24 @@ def train(
         raise InvalidParameterError(f"recipe {config.name!r}: unknown data {config.data!r}; known: {', '.join(DATASETS)}")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise InvalidParameterError(f"max_steps must be a whole number >= 1 or None, got {max_steps!r}")
-    out_dir = _resolve_out_dir(out_dir, replace_shipped)
+    if init_weights is not None and config.init is None:
+        raise InvalidParameterError(
+            f"init_weights={str(init_weights)!r} given, but recipe {config.name!r} trains from scratch (init=None); "
+            "set the recipe's init to the model those weights belong to"
+        )
+    out_dir = _resolve_out_dir(out_dir, replace_shipped, config)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     work_dir = Path(work_dir).expanduser() if work_dir is not None else training_dir()
+
+    # The starting weights first: offline, their absence is reported at once, before any data is read.
+    model = build_model(config)
+    init = initialise(model, config.init, weights=init_weights, timm_kwargs=config.timm_kwargs) if config.init else None
+    model = model.to(device)
+    train_set, test_set = load_data(config)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work_dir / f"{config.name}.ckpt.pt"
-
-    train_set = DATASETS[config.data]("train", **config.data_kwargs)
-    test_set = DATASETS[config.data]("test", **config.data_kwargs)
-    for split, data in (("training", train_set), ("test", test_set)):
-        if len(data.labels) == 0:
-            raise InvalidParameterError(
-                f"recipe {config.name!r}: the {split} set of {config.data!r} with {config.data_kwargs} is empty, "
-                "so no step would be trained or measured; give it images"
-            )
     monitor = np.random.default_rng(config.seed).permutation(len(test_set.labels))[: config.monitor_size]
 
-    model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set.labels) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
@@ -371,18 +676,22 @@ def train(
         epoch_loss, epoch_batches, started = 0.0, 0, time.monotonic()
         for batch_index in range(position, steps_per_epoch):
             idx = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
-            x = augment(to_inputs(images[idx].to(device), model), config, generator)
+            # Augment at the data's size, then upsample to the model's input (a no-op when they agree).
+            x = resize_to_model(augment(to_inputs(images[idx].to(device), model, resize=False), config, generator), model)
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[idx].to(device), label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            step_lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             schedule.step()
             state["step"] += 1
             steps_this_run += 1
             epoch_loss += loss.item()
             epoch_batches += 1
+            if on_step is not None:
+                on_step({"step": state["step"], "epoch": epoch + 1, "loss": loss.item(), "lr": step_lr})
             if max_steps is not None and steps_this_run >= max_steps:
                 break
             if time.monotonic() - last_save > checkpoint_every_s:
@@ -422,14 +731,19 @@ def train(
     from safetensors.torch import save as safetensors_bytes
 
     weights = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    weights_path = out_dir / f"{config.name}.safetensors"
-    card_path = out_dir / f"{config.name}.json"
+    weights_path = out_dir / f"{config.stem}.safetensors"
+    card_path = out_dir / f"{config.stem}.json"
     card = {
         "name": config.name,
         "architecture": config.architecture,
         "timm_kwargs": config.timm_kwargs,
-        "data": {"name": config.data, "train_images": len(train_set.labels), "test_images": len(test_set.labels),
-                 "source": getattr(train_set, "source", config.data), **config.data_kwargs},
+        # The loader's description of the data wins over a data_kwargs key of the same name (e.g. source="binary").
+        "data": {**config.data_kwargs, "name": config.data, "train_images": len(train_set.labels),
+                 "test_images": len(test_set.labels), "source": getattr(train_set, "source", config.data)},
+        "init": init,
+        "input": {"data_size": list(train_set.images.shape[1:3]), "model_size": list(model.patch_embed.img_size),
+                  "resize": "none" if tuple(train_set.images.shape[1:3]) == tuple(model.patch_embed.img_size)
+                  else "bilinear upsampling (torch.nn.functional.interpolate, align_corners=False) after augmentation"},
         "recipe": asdict(config),
         "seed": config.seed,
         "epochs": config.epochs,
@@ -455,22 +769,29 @@ def load_trained(card: str | os.PathLike, *, device: str | torch.device | None =
     """A model written by `train`, in eval mode, built from its JSON model card and hash-checked weights.
 
     card: the card's path (``<out_dir>/<name>.json``; the ``.safetensors`` beside
-    it works too) or a bare recipe name, looked up in `trained_dir()`, e.g.
-    ``load_trained("demo-cifar10-vit")`` after ``python -m xaikit.train demo-cifar10-vit``.
+    it works too) or a bare name: a recipe of `RECIPES`, looked up where `train`
+    writes it (`default_out_dir`, under its `TrainConfig.stem`), e.g.
+    ``load_trained("demo-cifar10-vit")`` after ``python -m xaikit.train demo-cifar10-vit``
+    or ``load_trained("deit_base-cifar10")`` (``$XAIKIT_WEIGHTS_DIR/deit_base_patch16_224-cifar10.json``);
+    any other bare name is looked up in `trained_dir()`.
     The weights are ``<card stem>.safetensors`` beside the card; their sha256 must
     match the card's.
     """
     from .demo_models import load_from_card
 
     path = Path(card).expanduser()
+    recipe = None
     if path.suffix == ".safetensors":
         path = path.with_suffix(".json")
     elif path.suffix != ".json" and str(card) == path.name:  # a bare name
-        path = trained_dir() / f"{path.name}.json"
+        recipe = RECIPES.get(path.name)
+        path = default_out_dir(recipe) / f"{recipe.stem}.json" if recipe else trained_dir() / f"{path.name}.json"
     if not path.is_file():
+        name = recipe.name if recipe else "NAME"
         raise WeightsUnavailableError(
-            f"no model card at {path}; train the model first (python -m xaikit.train NAME writes "
-            f"NAME.json and NAME.safetensors into {trained_dir()}, or into --out-dir)"
+            f"no model card at {path}; train the model first (python -m xaikit.train {name} writes "
+            f"{recipe.stem if recipe else 'NAME'}.json and .safetensors into "
+            f"{default_out_dir(recipe) if recipe else trained_dir()}, or into --out-dir)"
         )
     model = load_from_card(path, remedy="train the model again")
     if device is not None:
@@ -491,8 +812,9 @@ def _epochs(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m xaikit.train",
-        description="Train (or resume training) a demo ViT recipe. The weights and model card go into "
-        f"{trained_dir()} (or --out-dir); load them with xaikit.train.load_trained(NAME or card path).",
+        description="Train (or resume training) a recipe: a demo ViT, or a fine-tuning of published weights. "
+        f"The weights and model card go into {trained_dir()} (fine-tuned recipes: $XAIKIT_WEIGHTS_DIR), or "
+        "--out-dir; load them with xaikit.train.load_trained(NAME or card path).",
     )
     parser.add_argument("recipe", choices=sorted(RECIPES))
     parser.add_argument("--out-dir", type=Path, default=None,
@@ -502,14 +824,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help=f"where the resumable checkpoint goes (default: {training_dir()})")
     parser.add_argument("--epochs", type=_epochs, default=None, help="override the recipe's epochs (>= 1)")
+    parser.add_argument("--init-weights", type=Path, default=None,
+                        help="fine-tuned recipes: a local file with the starting weights (default: found by "
+                        "xaikit.load_model, $XAIKIT_WEIGHTS_DIR first)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for torch")
     args = parser.parse_args(argv)
     config = RECIPES[args.recipe]
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
     torch.set_num_threads(args.threads)
+    extra = {"init_weights": args.init_weights} if args.init_weights is not None else {}
     try:
-        train(config, out_dir=args.out_dir, work_dir=args.work_dir, replace_shipped=args.replace_shipped)
+        train(config, out_dir=args.out_dir, work_dir=args.work_dir, replace_shipped=args.replace_shipped, **extra)
     except XaikitError as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
 
