@@ -45,3 +45,20 @@ def test_tokentm_paper_tables_are_complete_and_name_registered_methods():
     assert (tokentm.paper_table1().idxmax() == "TokenTM").all()
     registered = set(xaikit.list_methods())
     assert {method for method, _ in tokentm.METHODS.values()} <= registered
+
+
+def test_cdam_paper_tables_are_complete_and_consistent():
+    from xaikit.experiments import cdam
+
+    t1, s1, t2, t3 = cdam.paper_table1(), cdam.paper_table_s1(), cdam.paper_table2(), cdam.paper_table3()
+    assert t1.shape == s1.shape == (10, 4) and t2.shape == (10, 2) and t3.shape == (10, 1)
+    for table in (t1, s1, t2, t3):
+        assert not table.isna().any().any()
+        assert set(table.index) <= set(cdam.METHODS) and set(table.columns) <= set(cdam.HIGHER_IS_BETTER)
+    # A_LIF-MIF is the difference of the two areas up to the paper's rounding, except in one row
+    # the paper prints as it is (Table S1, Integrated CDAM: 1459 - 696 = 763, printed 753).
+    off = {(name, method) for name, table in (("1", t1), ("S1", s1))
+           for method, gap in (table["A_LIF"] - table["A_MIF"] - table["A_LIF-MIF"]).items() if abs(gap) > 3}
+    assert off == {("S1", "Integrated CDAM")}
+    assert cdam.paper_table1().loc["Smooth CDAM", "A_LIF-MIF"] == 827
+    assert sum(cdam.PAPER_LIDC_COUNTS.values()) == 854

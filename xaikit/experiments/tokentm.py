@@ -22,7 +22,8 @@ METHODS: dict[str, tuple[str, dict]] = {
     "Rollout": ("rollout", {"start_layer": 1}),
     "ATTCAT": ("attcat", {}),
     "GAE": ("gae", {}),
-    "AttnLRP": ("attnlrp", {}),
+    # AttnLRP's own attention rule: the method's default, CP-LRP, runs the same rules as Cons. LRP.
+    "AttnLRP": ("attnlrp", {"variant": "attnlrp"}),
     "TokenTM": ("tokentm", {}),
     "Random": ("random", {}),
 }
