@@ -140,7 +140,52 @@ def token_grid(model: nn.Module, image_hw: tuple[int, int] | None = None) -> tup
     return tuple(int(s) for s in patch_embed.grid_size)
 
 
-class ViTRecorder:
+class ModelHooks:
+    """Hooks on a model for the duration of a ``with`` block.
+
+    Subclasses set ``self.model``, ``self._handles`` and ``self._saved_fused`` (both empty
+    lists) in ``__init__`` and implement `_install_hooks`. On entering, timm's fused
+    attention is switched off when `unfuse_attention` (it hides the attention
+    probabilities); on leaving, also after an exception, every hook is removed, the fused
+    flags are restored and `_clear` drops what the subclass recorded.
+    """
+
+    unfuse_attention: bool = True
+
+    def __enter__(self):
+        try:
+            if self.unfuse_attention:
+                self._saved_fused = [
+                    (blk.attn, blk.attn.fused_attn) for blk in self.model.blocks if hasattr(blk.attn, "fused_attn")
+                ]
+                for attn, _ in self._saved_fused:
+                    attn.fused_attn = False
+            self._install_hooks()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _install_hooks(self) -> None:
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        """Drop the subclass's recordings (nothing by default)."""
+
+    def _restore(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for attn, fused in self._saved_fused:
+            attn.fused_attn = fused
+        self._saved_fused = []
+        self._clear()
+
+
+class ViTRecorder(ModelHooks):
     """Context manager recording per-block tensors of a timm ViT; see the module doc.
 
     Parameters
@@ -173,31 +218,6 @@ class ViTRecorder:
         self.grad_tensors: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._saved_fused: list[tuple[nn.Module, bool]] = []
-
-    # -- context management ---------------------------------------------------------
-    def __enter__(self) -> "ViTRecorder":
-        try:
-            self._saved_fused = [
-                (blk.attn, blk.attn.fused_attn) for blk in self.model.blocks if hasattr(blk.attn, "fused_attn")
-            ]
-            for attn, _ in self._saved_fused:
-                attn.fused_attn = False
-            self._install_hooks()
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for attn, fused in self._saved_fused:
-            attn.fused_attn = fused
-        self._saved_fused = []
 
     # -- hooks ----------------------------------------------------------------------
     def _install_hooks(self) -> None:

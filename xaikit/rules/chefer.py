@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidParameterError, UnsupportedModelError
-from ..introspection import check_vit
+from ..introspection import ModelHooks, check_vit
 from ..targets import Target, resolve_targets
 
 #: the stabiliser of the reference's ``safe_divide`` and z^B rule
@@ -291,7 +291,7 @@ def _is_distilled(model: nn.Module) -> bool:
     return getattr(model, "dist_token", None) is not None and isinstance(getattr(model, "head_dist", None), nn.Module)
 
 
-class CheferLRP:
+class CheferLRP(ModelHooks):
     """Context manager running Chefer's LRP rules on a timm ViT; see the module doc.
 
     Parameters
@@ -335,30 +335,7 @@ class CheferLRP:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._saved_fused: list[tuple[nn.Module, bool]] = []
 
-    # -- context management ---------------------------------------------------------
-    def __enter__(self) -> "CheferLRP":
-        try:
-            self._saved_fused = [
-                (blk.attn, blk.attn.fused_attn) for blk in self.model.blocks if hasattr(blk.attn, "fused_attn")
-            ]
-            for attn, _ in self._saved_fused:
-                attn.fused_attn = False  # the rules need the attention probabilities
-            self._install_hooks()
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for attn, fused in self._saved_fused:
-            attn.fused_attn = fused
-        self._saved_fused = []
+    def _clear(self) -> None:
         self.records, self.blocks = {}, {}
 
     # -- recording ------------------------------------------------------------------

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidParameterError, UnsupportedModelError
+from ..introspection import ModelHooks
 
 #: gradient factors (q, k, v) of the attention rules
 ATTENTION_RULES: dict[str, tuple[float, float, float]] = {
@@ -236,7 +237,7 @@ def check_modified_gradient_model(model: nn.Module, method: str) -> None:
 
 
 # -- the context manager ---------------------------------------------------------------
-class ModifiedGradient:
+class ModifiedGradient(ModelHooks):
     """Attach the modified-gradient rules to a timm ViT for the duration of a ``with`` block.
 
     Parameters
@@ -251,6 +252,9 @@ class ModifiedGradient:
     linear_layers: the Linear/Conv2d modules that get `linear_rule`.
     method: the method's name, for error messages.
     """
+
+    #: the rules act on module outputs (qkv, activations), not on the attention probabilities
+    unfuse_attention = False
 
     def __init__(
         self,
@@ -279,17 +283,7 @@ class ModifiedGradient:
         self.linear_rule = linear_rule
         self.linear_layers = list(linear_layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> "ModifiedGradient":
-        try:
-            self._install_hooks()
-        except BaseException:
-            self._remove_hooks()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._remove_hooks()
+        self._saved_fused: list[tuple[nn.Module, bool]] = []
 
     def _install_hooks(self) -> None:
         add = self._handles.append
@@ -308,11 +302,6 @@ class ModifiedGradient:
         if self.activation == "identity":
             for blk in self.model.blocks:
                 add(blk.mlp.act.register_forward_hook(identity_rule))
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 def check_gamma(method: str, gamma: float) -> float:
