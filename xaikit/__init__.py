@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from .errors import InvalidParameterError, TrainingError, UnsupportedModelError, WeightsUnavailableError, XaikitError
+from .concepts import ConceptTarget, concept_target
 from .imaging import preprocess, upsample
 from .introspection import RECORDABLE, BlockRecord, ViTRecorder
 from .methods import Explainer, get_method, list_methods
 from .models import load_model
-from .targets import Target
+from .targets import FeatureTarget, Target
 from .train import load_trained
 
 __version__ = "0.1.0"
@@ -57,6 +58,8 @@ def explain(
 
 __all__ = [
     "BlockRecord",
+    "ConceptTarget",
+    "FeatureTarget",
     "Explainer",
     "InvalidParameterError",
     "RECORDABLE",
@@ -65,6 +68,7 @@ __all__ = [
     "ViTRecorder",
     "WeightsUnavailableError",
     "XaikitError",
+    "concept_target",
     "explain",
     "get_method",
     "list_methods",

@@ -185,3 +185,23 @@ def lodds(clean_log_probability: torch.Tensor, perturbed_log_probability: torch.
     Takes log-probabilities (log_softmax) so that a probability that underflows to 0 stays finite.
     """
     return (perturbed_log_probability - clean_log_probability[:, None]).mean(1)
+
+
+def compactness(maps, threshold: float = 0.05) -> torch.Tensor:
+    """Per image, the fraction of scores with ``|S| < threshold * max(S)`` (B,): CDAM's compactness.
+
+    As the authors' ``get_ratio`` (reference-spec 2.9): raw token scores, strict ``<``, the
+    absolute scores against the map's SIGNED maximum (so a map whose scores are all
+    negative has no score below a negative bound: compactness 0). `maps` is (B, ...) of
+    any shape per image, a tensor or array; higher is more compact.
+    """
+    maps = torch.as_tensor(maps)
+    if maps.ndim < 2 or not maps.dtype.is_floating_point:
+        raise InvalidParameterError(f"maps must be float maps (B, ...) with one map per image; got {tuple(maps.shape)} {maps.dtype}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) or not 0 <= threshold <= 1:
+        raise InvalidParameterError(f"threshold must be a fraction of the map's maximum in [0, 1]; got {threshold!r}")
+    flat = maps.flatten(1)
+    if not bool(torch.isfinite(flat).all()):
+        raise InvalidParameterError("maps contain NaN or infinite scores; compactness is undefined for them")
+    bound = float(threshold) * flat.amax(dim=1, keepdim=True)
+    return (flat.abs() < bound).to(torch.float64).mean(dim=1)

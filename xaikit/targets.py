@@ -6,7 +6,9 @@ A target is one of:
 * an ``int``: the same class for every image;
 * a sequence / array / tensor of B class indices, one per image;
 * a callable mapping the logits (B, C) to one score per image (B,), e.g. a
-  softmax probability or a concept similarity (used for Concept CDAM).
+  softmax probability;
+* a `FeatureTarget`: a callable scoring the pre-logits features (B, D) instead, e.g.
+  the concept similarity of Concept CDAM (`xaikit.concept_target`).
 
 Class scores are raw logits, as in the reference code of all three papers.
 """
@@ -14,7 +16,8 @@ Class scores are raw logits, as in the reference code of all three papers.
 from __future__ import annotations
 
 from collections.abc import Mapping, Set as AbstractSet
-from typing import Callable, Sequence, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -111,3 +114,44 @@ def resolve_targets(targets: Target, logits: torch.Tensor) -> tuple[torch.Tensor
             f"target class {int(classes[bad][0])} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
         )
     return logits.gather(1, classes[:, None]).squeeze(1), classes
+
+
+# -- targets that score the features ------------------------------------------------------------
+class FeatureTarget:
+    """A target scoring the model's pre-logits features (B, D) instead of its logits (B, C).
+
+    Subclass and implement ``score(features) -> (B,)``. While an explainer runs with such a
+    target, the model's classifier head (and DeiT's distillation head) is replaced by the
+    identity (`scoring_features`), so every method sees the features where it would see the
+    logits: for a timm ViT with a class token, the class token after the final LayerNorm
+    (``forward_head(..., pre_logits=True)``), what the CDAM authors get with
+    ``model.head = nn.Identity()``.
+    """
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return self.score(features)
+
+
+_HEADS = ("head", "head_dist")
+
+
+@contextmanager
+def scoring_features(model: torch.nn.Module, targets: Target) -> Iterator[None]:
+    """With a `FeatureTarget`, run `model` with its heads replaced by the identity (restored on exit,
+    also after an exception); with any other target, do nothing. Re-entrant."""
+    if not isinstance(targets, FeatureTarget) or getattr(model, "_xaikit_scoring_features", False):
+        yield
+        return
+    saved = {name: getattr(model, name) for name in _HEADS if isinstance(getattr(model, name, None), torch.nn.Module)}
+    for name in saved:
+        setattr(model, name, torch.nn.Identity())
+    model._xaikit_scoring_features = True
+    try:
+        yield
+    finally:
+        for name, head in saved.items():
+            setattr(model, name, head)
+        del model._xaikit_scoring_features

@@ -28,6 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -44,7 +45,11 @@ __all__ = [
     "imagenet_val_root",
     "load_imagenet_val",
     "load_real_labels",
+    "ImageSelection",
     "sample_imagenet_val",
+    "sample_x_val",
+    "same_object_by_name",
+    "select_x_multi",
 ]
 
 IMAGENET_VAL_ENV = "XAIKIT_IMAGENET_VAL"
@@ -316,6 +321,16 @@ def load_imagenet_val(
     return _load(index, files[:n], real_sets[:n] if real_sets is not None else None)
 
 
+def _check_count(function: str, name: str, value) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidParameterError(f"{function} needs {name} to be a non-negative int; got {value!r}")
+
+
+def _sample_positions(count: int, n: int, seed: int) -> np.ndarray:
+    """`n` of `count` positions, drawn with numpy.random.default_rng(seed) without replacement, sorted."""
+    return np.sort(np.random.default_rng(int(seed)).choice(count, size=int(n), replace=False))
+
+
 def sample_imagenet_val(
     n: int, seed: int = 0, *, root: str | os.PathLike | None = None, labels: str = "original"
 ) -> LabelledImages:
@@ -323,12 +338,59 @@ def sample_imagenet_val(
 
     The sample is drawn with ``numpy.random.default_rng(seed)`` from the sorted image files
     present (with ``labels="real"``, from those with a non-empty ReaL list), so the same folder,
-    `n` and `seed` always give the same images. This is X_val of the CDAM chapter.
+    `n` and `seed` always give the same images. This is X_val of the CDAM chapter, loaded
+    (:func:`sample_x_val` gives the same images by path).
+    """
+    for name, value in (("n", n), ("seed", seed)):
+        _check_count("sample_imagenet_val", name, value)
+    selection = sample_x_val(n, seed, root=root, labels=labels)
+    return _load(check_imagenet_val(selection.root), selection.files, selection.real_labels)
+
+
+# -- the CDAM chapter's image sets ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageSelection:
+    """Validation images chosen by a rule, by path (nothing loaded; see `load_images`).
+
+    ``files`` and ``paths`` (sorted by file name), ``labels`` (the original ILSVRC2012 label of
+    each), ``class_names`` (standard order), ``real_labels`` (the ReaL label sets, where the rule
+    used them). For X_multi also ``classes`` (c, the class to explain and whose logit is read) and
+    ``other_classes`` (c', another object of the image).
+    """
+
+    root: Path
+    files: list[str]
+    paths: list[Path]
+    labels: list[int]
+    class_names: tuple[str, ...]
+    real_labels: list[tuple[int, ...]] | None = None
+    classes: list[int] | None = None
+    other_classes: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_images(self) -> list:
+        """The images as RGB PIL images, in order (clear error for an unreadable file)."""
+        return _load(check_imagenet_val(self.root), self.files, self.real_labels).images
+
+
+def sample_x_val(
+    n: int = 1000, seed: int = 0, *, root: str | os.PathLike | None = None, labels: str = "original"
+) -> ImageSelection:
+    """X_val of the CDAM paper: a seeded random sample of `n` validation images, by path.
+
+    Defaults: ``n=1000`` (the paper) and ``seed=0`` (the paper's seed is unknown). The draw is
+    ``numpy.random.default_rng(seed).choice`` over the sorted image files present (with
+    ``labels="real"``, those with a non-empty ReaL list), without replacement, returned in file
+    order: the images of ``sample_imagenet_val(n, seed)``. The paper explains and reads the class
+    the model predicts on these images, so no class is chosen here.
     """
     _check_labels_kind(labels)
     for name, value in (("n", n), ("seed", seed)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise InvalidParameterError(f"sample_imagenet_val needs {name} to be a non-negative int; got {value!r}")
+        _check_count("sample_x_val", name, value)
     index = check_imagenet_val(root)
     files, real_sets = _candidates(index, labels)
     if n > len(files):
@@ -337,9 +399,131 @@ def sample_imagenet_val(
             + (" (with a non-empty ReaL label list)" if labels == "real" else "")
             + ". Ask for fewer, or point to the full validation set."
         )
-    chosen = np.sort(np.random.default_rng(int(seed)).choice(len(files), size=int(n), replace=False))
-    return _load(
-        index,
-        [files[i] for i in chosen],
-        [real_sets[i] for i in chosen] if real_sets is not None else None,
+    chosen = _sample_positions(len(files), n, seed)
+    chosen_files = [files[i] for i in chosen]
+    return ImageSelection(
+        root=index.root,
+        files=chosen_files,
+        paths=[index.root / "images" / name for name in chosen_files],
+        labels=[index.labels_by_file[name] for name in chosen_files],
+        class_names=index.class_names,
+        real_labels=[real_sets[i] for i in chosen] if real_sets is not None else None,
+    )
+
+
+def _plural_to_singular(word: str) -> str:
+    """English plural to singular, enough for class names: glasses -> glass, boxes -> box, shades -> shade."""
+    if len(word) > 4 and word.endswith(("sses", "xes", "ches", "shes", "zes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+@functools.cache
+def _class_head_words() -> tuple[frozenset[str], ...]:
+    """Per class of the standard order, the last word of each of its WordNet lemmas, singular and lower-case."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    heads = []
+    for index in range(info.num_classes()):
+        lemmas = [lemma.strip() for lemma in info.index_to_description(index).split(",") if lemma.strip()]
+        heads.append(frozenset(_plural_to_singular(re.split(r"[\s\-]+", lemma.lower())[-1]) for lemma in lemmas))
+    return tuple(heads)
+
+
+def same_object_by_name(c: int, other: int) -> bool:
+    """Whether ImageNet classes `c` and `other` name the same kind of object: the default X_multi filter.
+
+    True when a lemma (WordNet name) of one class and a lemma of the other end in the same word,
+    compared singular and lower-case: notebook computer / laptop computer, sunglass / sunglasses,
+    maillot / maillot, missile / projectile, missile, tabby cat / tiger cat, golden retriever /
+    Labrador retriever, Windsor tie / bow tie. The lemmas are timm's copy of ImageNet's WordNet
+    names (``timm.data.ImageNetInfo``, offline).
+
+    Why this rule: the paper drops pairs whose class *names* mean the same object (cosine similarity
+    of OpenAI text embeddings above an unstated threshold, not reproducible offline), and no WordNet
+    hierarchy is available offline here (nltk's corpus needs a download; timm ships the ImageNet
+    synsets' lemmas and glosses, not their hypernyms), so the names are compared directly. Known
+    misses: siblings with unrelated names (Shetland sheepdog / collie, beagle / English foxhound,
+    monitor / screen). Known over-matches: generic last words (CD player / ballplayer, baseball
+    player; sandbar / space bar). A hierarchy-based rule can be passed to `select_x_multi` as
+    ``same_object``.
+    """
+    heads = _class_head_words()
+    for value in (c, other):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value < len(heads):
+            raise InvalidParameterError(f"same_object_by_name takes ImageNet class indices 0..{len(heads) - 1}; got {value!r}")
+    return c == other or bool(heads[c] & heads[other])
+
+
+def _pick_pair(original: int, real_set: tuple[int, ...], same_object) -> tuple[int, int] | None:
+    """(c, c') of one image, or None when every other ReaL label names the same object as c."""
+    c = original if original in real_set else real_set[0]
+    for other in real_set:
+        if other != c and not same_object(c, other):
+            return c, other
+    return None
+
+
+def select_x_multi(
+    n: int | None = 1000,
+    seed: int = 0,
+    *,
+    root: str | os.PathLike | None = None,
+    same_object: Callable[[int, int], bool] | None = None,
+) -> ImageSelection:
+    """X_multi of the CDAM paper: validation images with two objects, and the two classes (c, c').
+
+    Rule, per image present in the folder (sorted by file name):
+
+    1. its ReaL label set (timm's copy of real.json) has at least two labels;
+    2. c = the original ILSVRC2012 label (``val.txt``) when it is among the ReaL labels (the object
+       the image was collected for), else the first ReaL label;
+    3. c' = the first other ReaL label (in real.json's order) that does not name the same object as
+       c, by ``same_object(c, c')`` (default `same_object_by_name`; see there why and its known
+       misses); images without such a label are dropped.
+
+    Then `n` of the eligible images are drawn with ``numpy.random.default_rng(seed)`` without
+    replacement and returned in file order (``n=None``: all of them). Defaults: ``n=1000`` (the
+    paper), ``seed=0`` (unknown in the paper). Which pair the paper used for images with more than
+    two labels is unknown; the rule above is ours. Returns an `ImageSelection` with ``classes``
+    (c) and ``other_classes`` (c').
+    """
+    if n is not None:
+        _check_count("select_x_multi", "n", n)
+    _check_count("select_x_multi", "seed", seed)
+    if same_object is None:
+        same_object = same_object_by_name
+    elif not callable(same_object):
+        raise InvalidParameterError(
+            f"same_object must be a callable (c, c') -> bool, or None for same_object_by_name; got {same_object!r}"
+        )
+    index = check_imagenet_val(root)
+    files, real_sets = _candidates(index, "real")
+    eligible = []
+    for position, (name, real_set) in enumerate(zip(files, real_sets)):
+        if len(real_set) >= 2:
+            pair = _pick_pair(index.labels_by_file[name], real_set, same_object)
+            if pair is not None:
+                eligible.append((position, pair))
+    if n is None:
+        n = len(eligible)
+    if n > len(eligible):
+        raise InvalidParameterError(
+            f"cannot select {n} images: {index.root / 'images'} holds {len(eligible)} images with two ReaL labels that "
+            "name different objects. Ask for fewer, or point to the full validation set."
+        )
+    chosen = [eligible[i] for i in _sample_positions(len(eligible), n, seed)]
+    chosen_files = [files[position] for position, _ in chosen]
+    return ImageSelection(
+        root=index.root,
+        files=chosen_files,
+        paths=[index.root / "images" / name for name in chosen_files],
+        labels=[index.labels_by_file[name] for name in chosen_files],
+        class_names=index.class_names,
+        real_labels=[real_sets[position] for position, _ in chosen],
+        classes=[pair[0] for _, pair in chosen],
+        other_classes=[pair[1] for _, pair in chosen],
     )

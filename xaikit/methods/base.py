@@ -8,6 +8,7 @@ subclass turns the recording into one score per patch token.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import contextmanager
 from typing import ClassVar, Iterator
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 from ..introspection import ViTRecorder, check_vit
-from ..targets import Target, check_targets, resolve_targets
+from ..targets import FeatureTarget, Target, check_targets, resolve_targets, scoring_features
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
 
@@ -68,6 +69,13 @@ class Explainer:
     #: "token": maps (B, gh, gw), one value per patch; "pixel": maps (B, H, W) at the input size
     #: (token_scores then returns them whole, e.g. full LRP)
     resolution: ClassVar[str] = "token"
+    #: the method can explain a score of the pre-logits features (`xaikit.targets.FeatureTarget`)
+    accepts_feature_targets: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "attribute" in cls.__dict__:  # every method's own attribute runs with feature targets handled
+            cls.attribute = _with_target_outputs(cls.__dict__["attribute"])
 
     def __init__(self, model: nn.Module) -> None:
         check_vit(model)
@@ -194,6 +202,26 @@ class Explainer:
                 f"images {listing} contain NaN or infinite pixels, which make every map NaN; fix or drop "
                 "those images (e.g. keep images[torch.isfinite(images).flatten(1).all(1)])"
             )
+
+
+def _with_target_outputs(attribute):
+    """Run `attribute` with the model's heads replaced by the identity when the target scores features
+    (`xaikit.targets.FeatureTarget`), so the method's logits are the pre-logits features."""
+
+    @functools.wraps(attribute)
+    def wrapper(self, images, targets=None):
+        if isinstance(targets, FeatureTarget) and not self.accepts_feature_targets:
+            raise InvalidParameterError(
+                f"method {self.name!r} propagates relevance from the classifier head's logits, so it cannot explain "
+                f"a score of the features such as {targets!r}; explain it with 'cdam' or another gradient method"
+            )
+        with scoring_features(self.model, targets):
+            return attribute(self, images, targets)
+
+    return wrapper
+
+
+Explainer.attribute = _with_target_outputs(Explainer.attribute)
 
 
 @contextmanager

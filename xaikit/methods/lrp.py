@@ -27,6 +27,8 @@ class CheferRelevance(Explainer):
     callable gives the gradient of its score with respect to the logits.
     """
 
+    accepts_feature_targets = False  # the rules start at the linear classifier head
+
     #: "layers_lrp" or "layers_ours"
     rules: ClassVar[str]
     signed = False

@@ -1,4 +1,5 @@
-"""Evaluation protocols: ImageNet-Segmentation and the perturbation test (Chefer et al.), AOPC and LOdds.
+"""Evaluation protocols: ImageNet-Segmentation and the perturbation test (Chefer et al.), AOPC and LOdds;
+CDAM's fidelity (MIF/LIF), box sensitivity and class discrimination.
 
 Each protocol is a class: settings go to ``__init__``, data to ``__call__``,
 and the result holds per-image values and the aggregate. Every perturbation
@@ -7,6 +8,15 @@ protocol runs on one batched `PerturbationEngine`.
 
 from __future__ import annotations
 
+from .cdam import (
+    DEFAULT_BOX_SIZES,
+    BoxSensitivity,
+    BoxSensitivityResult,
+    ClassDiscrimination,
+    ClassDiscriminationResult,
+    Fidelity,
+    FidelityResult,
+)
 from .engine import (
     DEFAULT_FRACTIONS,
     BoxSchedule,
@@ -23,9 +33,16 @@ from .perturbation import Perturbation, PerturbationResult
 from .segmentation import Segmentation, SegmentationResult, pool_segmentation
 
 __all__ = [
+    "DEFAULT_BOX_SIZES",
     "DEFAULT_FRACTIONS",
     "BoxSchedule",
+    "BoxSensitivity",
+    "BoxSensitivityResult",
+    "ClassDiscrimination",
+    "ClassDiscriminationResult",
     "EngineResult",
+    "Fidelity",
+    "FidelityResult",
     "FractionSchedule",
     "MaskSchedule",
     "Perturbation",

@@ -445,7 +445,8 @@ class PerturbationEngine:
         device, dtype = self._placement(images)
         return images.detach().to(device=device, dtype=dtype)
 
-    def _check_maps(self, maps, images: torch.Tensor) -> torch.Tensor:
+    def _check_maps(self, maps, images: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        """Checked pixel maps (B, H, W); token maps are upsampled with `mode` (default: the engine's)."""
         if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
             shape = tuple(maps.shape) if hasattr(maps, "shape") else type(maps).__name__
             raise InvalidParameterError(f"maps must be a tensor of token maps (B, gh, gw) or pixel maps (B, H, W); got {shape}")
@@ -466,7 +467,7 @@ class PerturbationEngine:
                 "fix the method, or replace them on purpose with torch.nan_to_num"
             )
         if tuple(maps.shape[1:]) != (height, width):
-            maps = upsample(maps, (height, width), mode=self.upsample_mode)
+            maps = upsample(maps, (height, width), mode=mode or self.upsample_mode)
         return maps
 
     def _replacement(self, replacement: Replacement, images: torch.Tensor) -> tuple[torch.Tensor, Callable[[int], bytes]]:

@@ -1,0 +1,266 @@
+"""CDAM: class-discriminative attention maps (Brocki, Binda & Chung), vanilla, Smooth and Integrated.
+
+``S_i = sum_j T_ij * d f / d T_ij`` for each patch token i, where T is the output of the
+last block's ``norm1`` (the LayerNorm-ed tokens entering the last attention) and f the
+target score (a class logit, or a feature score such as a concept similarity).
+Signed, unnormalised; the prefix tokens (class, distillation, registers) are left out
+(reference-spec 2.3).
+
+All three run the model up to the last block once, without a graph, and then only the
+last block, the final norm and the head with gradients: the Smooth and Integrated
+variants put all their perturbed copies of a batch through that tail in large batches
+(the authors' ``NewModel``: deep copies of ``blocks[-1]``, ``norm`` and ``head``, called
+once per sample). Gradients are taken with ``torch.autograd.grad`` on T only: no
+parameter gradient, no ``.grad`` written.
+
+``space`` chooses where the Smooth and Integrated variants perturb (reference-spec 2.5,
+2.6): ``"code"`` (default) as the authors' code, on the pre-LayerNorm input of the last
+block; ``"paper"`` as the paper's Eqs. 5 and 6, on T itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidParameterError
+from ..introspection import token_grid
+from ..targets import Target, resolve_targets
+from . import input_gradients
+from .base import Explainer, eval_mode, register
+from .input_gradients import check_noise_level, check_noise_source, check_positive_int, copy_scores, noise_bank, prepare_gradient_call
+
+SPACES = ("code", "paper")
+
+
+class _Stop(Exception):
+    """Ends a forward pass at the last block (its input is all that is needed)."""
+
+
+def last_block_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering ``model.blocks[-1]`` (B, N, D), without a graph; the last block,
+    final norm and head are not run."""
+    captured: list[torch.Tensor] = []
+
+    def stop(module, args):
+        captured.append(args[0].detach())
+        raise _Stop
+
+    handle = model.blocks[-1].register_forward_pre_hook(stop)
+    try:
+        with torch.no_grad():
+            model(images)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def run_tail(model: nn.Module, block_input: torch.Tensor, tokens: torch.Tensor | None = None):
+    """(outputs, T): the model's outputs from the last block's input (the last block, final norm, head),
+    and T, the output of the last block's ``norm1`` as the block used it, attached to the graph.
+
+    tokens: when given, used as the ``norm1`` output instead of ``norm1(block_input)`` (the paper's
+    perturbations act on T).
+    """
+    used: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        if tokens is not None:
+            output = tokens
+        elif not output.requires_grad:  # frozen LayerNorm parameters: T still needs a gradient
+            output = output.detach().requires_grad_(True)
+        used.append(output)
+        return output
+
+    block = model.blocks[-1]
+    handle = block.norm1.register_forward_hook(hook)
+    try:
+        outputs = model.forward_head(model.norm(block(block_input)))
+    finally:
+        handle.remove()
+    return outputs, used[0]
+
+
+def tail_copies_per_chunk(model: nn.Module, block_input: torch.Tensor, copies: int) -> int:
+    """How many copies of a batch one forward+backward pass through the last block takes (at least 1)."""
+    batch, tokens, dim = block_input.shape
+    hidden = getattr(getattr(model.blocks[-1], "mlp", None), "fc1", None)
+    hidden = hidden.out_features if isinstance(hidden, nn.Linear) else 4 * dim
+    heads = int(model.blocks[-1].attn.num_heads)
+    per_sequence = (12 * tokens * dim + 3 * tokens * hidden + 3 * heads * tokens * tokens) * block_input.element_size()
+    return int(min(copies, max(1, input_gradients.CHUNK_BYTES // max(1, per_sequence * batch))))
+
+
+def check_space(method: str, space: object) -> str:
+    if space not in SPACES:
+        raise InvalidParameterError(
+            f"space of method {method!r} must be 'code' (the authors' code: perturb the last block's pre-LayerNorm "
+            f"input) or 'paper' (the paper's equations: perturb the LayerNorm-ed tokens); got {space!r}"
+        )
+    return str(space)
+
+
+class TailMethod(Explainer):
+    """Base of the CDAM family: token maps from T and dscore/dT of the last block's tail."""
+
+    signed = True
+    needs_class_token = False
+
+    def attribute(self, images: torch.Tensor, targets: Target = None) -> torch.Tensor:
+        """Maps (B, gh, gw) in the model's dtype; the model runs in eval mode, its flags are restored."""
+        images = prepare_gradient_call(self, images, targets)
+        grid = token_grid(self.model, tuple(images.shape[-2:]))
+        if images.shape[0] == 0:
+            return images.new_zeros((0, *grid))
+        with eval_mode(self.model):
+            block_input = last_block_input(self.model, images)
+            scores = self.tail_scores(block_input, targets)
+        prefix = int(self.model.num_prefix_tokens)
+        return scores[:, prefix:].reshape(images.shape[0], *grid)
+
+    def tail_scores(self, block_input: torch.Tensor, targets: Target) -> torch.Tensor:
+        """Scores per token, prefix tokens included, (B, N)."""
+        raise NotImplementedError
+
+    def explained_classes(self, block_input: torch.Tensor, targets: Target) -> torch.Tensor | None:
+        """The class explained in every copy of an image: None -> the prediction on the clean image."""
+        if callable(targets):
+            return None
+        with torch.no_grad():
+            outputs, _ = run_tail(self.model, block_input)
+        return resolve_targets(targets, outputs)[1]
+
+    def copy_sum(self, block_input: torch.Tensor, targets: Target, copies: int, make_copies, weight=None) -> torch.Tensor:
+        """Sum over the copies k of ``sum_j T_k * dscore/dT_k`` (B, N).
+
+        ``make_copies(k0, k1)`` gives copies k0..k1-1 of the batch as ``(block inputs, tokens or None)``,
+        each (k1-k0, B, N, D); ``weight(k0, k1, T, grad)`` may replace the product T * grad.
+        """
+        batch = block_input.shape[0]
+        classes = self.explained_classes(block_input, targets)
+        step = tail_copies_per_chunk(self.model, block_input, copies)
+        total = block_input.new_zeros(block_input.shape[:2])
+        for k0 in range(0, copies, step):
+            k1 = min(copies, k0 + step)
+            inputs, tokens = make_copies(k0, k1)
+            with torch.enable_grad():
+                flat_tokens = None if tokens is None else tokens.reshape(-1, *tokens.shape[2:]).detach().requires_grad_(True)
+                outputs, used = run_tail(self.model, inputs.reshape(-1, *inputs.shape[2:]), flat_tokens)
+                scores = copy_scores(targets, outputs, batch, classes)
+                (grad,) = torch.autograd.grad(scores.sum(), used)
+            products = (used.detach() * grad).sum(dim=-1) if weight is None else weight(k0, k1, used.detach(), grad)
+            total += products.view(k1 - k0, batch, -1).sum(dim=0)
+        return total
+
+
+@register
+class CDAM(TailMethod):
+    """CDAM: ``S_i = T_i . d f / d T_i``, T = output of the last block's ``norm1``; one forward and
+    one backward (through the last block only) per batch. Signed, (B, gh, gw)."""
+
+    name = "cdam"
+
+    def tail_scores(self, block_input, targets):
+        def clean(k0, k1):
+            return block_input[None], None
+
+        return self.copy_sum(block_input, targets, 1, clean)
+
+
+@register
+class SmoothCDAM(TailMethod):
+    """Smooth CDAM: the mean of n_samples CDAM maps of noisy copies.
+
+    space="code" (default, the authors' ``concept_map_smoothgrad``): copy k is
+    ``x_in + z_k * std``, x_in the pre-LayerNorm input of the last block (all tokens),
+    ``std = noise_level * (x_in.max() - x_in.min())`` per image; S^k is the CDAM of that
+    copy (T_k = norm1 of it). space="paper" (Eq. 5): ``T_k = T + z_k * std`` with std from
+    T's range. n_samples: copies (50); noise_level: std as a fraction of the range (0.05);
+    noise: optional standard-normal bank (n_samples, 1 or B, N, D) used instead of fresh
+    draws (e.g. the reference's ``smooth_cdam_Z_B``); generator: a ``torch.Generator``
+    for the fresh draws (drawn image by image, so a batch equals its images one at a time).
+    """
+
+    name = "smooth_cdam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        n_samples: int = 50,
+        noise_level: float = 0.05,
+        noise: torch.Tensor | np.ndarray | None = None,
+        generator: torch.Generator | None = None,
+        space: str = "code",
+    ) -> None:
+        super().__init__(model)
+        self.n_samples = check_positive_int(self.name, "n_samples", n_samples)
+        self.noise_level = check_noise_level(self.name, noise_level)
+        self.generator, self.noise = check_noise_source(self.name, noise, generator, self.n_samples, "(n_samples, 1, N, D)")
+        self.space = check_space(self.name, space)
+
+    def tail_scores(self, block_input, targets):
+        if self.space == "code":
+            clean = block_input
+        else:
+            with torch.no_grad():
+                clean = self.model.blocks[-1].norm1(block_input)
+        batch = clean.shape[0]
+        std = self.noise_level * (clean.flatten(1).amax(dim=1) - clean.flatten(1).amin(dim=1))
+        std = std.view(1, batch, 1, 1)
+        bank = noise_bank(self.name, self.noise, self.generator, (self.n_samples, *clean.shape), clean)
+
+        def noisy(k0, k1):
+            perturbed = clean + bank[k0:k1] * std
+            if self.space == "code":
+                return perturbed, None
+            return block_input.expand(k1 - k0, *block_input.shape), perturbed
+
+        return self.copy_sum(block_input, targets, self.n_samples, noisy) / self.n_samples
+
+
+@register
+class IntegratedCDAM(TailMethod):
+    """Integrated CDAM: CDAM along a straight path from a zero baseline.
+
+    space="code" (default, the authors' ``concept_map_intgrad`` with noise_level 0):
+    copy k is ``(k / n_steps) * x_in``, x_in the pre-LayerNorm input of the last block,
+    for k = 1..n_steps-1 (the code computes k = 0..n_steps-1 and drops k = 0), and the
+    output is the mean of their CDAM maps ``T_k . dscore/dT_k``. space="paper" (Eq. 6):
+    ``T_k = (k / n_steps) * T`` for k = 1..n_steps; the mean gradient times T.
+    n_steps: path steps (50).
+    """
+
+    name = "integrated_cdam"
+
+    def __init__(self, model: nn.Module, n_steps: int = 50, space: str = "code") -> None:
+        super().__init__(model)
+        self.n_steps = check_positive_int(self.name, "n_steps", n_steps)
+        self.space = check_space(self.name, space)
+        if self.space == "code" and self.n_steps < 2:
+            raise InvalidParameterError(
+                f"n_steps of method {self.name!r} must be at least 2 with space='code' (its steps are k = 1..n_steps-1)"
+            )
+
+    def tail_scores(self, block_input, targets):
+        n = self.n_steps
+        if self.space == "code":
+            alphas = torch.tensor([k / n for k in range(1, n)], dtype=block_input.dtype, device=block_input.device)
+
+            def scaled(k0, k1):
+                return alphas[k0:k1, None, None, None] * block_input, None
+
+            return self.copy_sum(block_input, targets, n - 1, scaled) / (n - 1)
+        with torch.no_grad():
+            tokens = self.model.blocks[-1].norm1(block_input)
+        alphas = torch.tensor([k / n for k in range(1, n + 1)], dtype=block_input.dtype, device=block_input.device)
+
+        def scaled_tokens(k0, k1):
+            return block_input.expand(k1 - k0, *block_input.shape), alphas[k0:k1, None, None, None] * tokens
+
+        def gradient_times_input(k0, k1, used, grad):  # (T - 0) . grad, T the unscaled tokens
+            return (tokens.repeat(k1 - k0, 1, 1) * grad).sum(dim=-1)
+
+        return self.copy_sum(block_input, targets, n, scaled_tokens, gradient_times_input) / n
