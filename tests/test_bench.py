@@ -177,3 +177,17 @@ def test_missing_pretrained_weights_suggest_random_weights(monkeypatch, capsys):
     assert main(["--model", "vit_tiny_patch16_224", "--batch-size", "2", "--methods", "random"]) == 2
     error = capsys.readouterr().err
     assert "cannot download the pretrained weights of 'vit_tiny_patch16_224'" in error and "--random-weights" in error
+
+
+def test_reference_loops_time_the_authors_per_sample_procedure(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = main(["--model", "demo-shapes-vit", "--batch-size", "2", "--repeats", "1", "--reference-loops",
+                   "--methods", "cdam,smooth_cdam,integrated_cdam", "--json", str(out)])
+    assert status == 0
+    report = json.loads(out.read_text())
+    assert list(report["reference_loops"]) == ["smooth_cdam", "integrated_cdam"]  # cdam has no sampling loop
+    for name, entry in report["reference_loops"].items():
+        assert_timed(entry, report["fwd_bwd_images_per_s"])
+        assert entry["speedup"] == pytest.approx(entry["seconds_per_batch"] / report["methods"][name]["seconds_per_batch"])
+    assert "(per-sample loop)" in capsys.readouterr().out
+    assert "reference_loops" not in benchmark(tiny_vit(), torch.randn(2, 3, 32, 32), ["smooth_cdam"], repeats=1)

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import xaikit
 from xaikit.errors import InvalidParameterError
@@ -62,3 +63,33 @@ def test_cdam_paper_tables_are_complete_and_consistent():
     assert off == {("S1", "Integrated CDAM")}
     assert cdam.paper_table1().loc["Smooth CDAM", "A_LIF-MIF"] == 827
     assert sum(cdam.PAPER_LIDC_COUNTS.values()) == 854
+
+
+def test_cdam_benchmark_runners_tabulate_the_protocol_results():
+    from conftest import small_vit
+    import xaikit.metrics
+    from xaikit.experiments import cdam as ex
+
+    model = small_vit("plain", img_size=32, patch_size=8, depth=1, embed_dim=48, num_heads=3)
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    classes, others = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    methods = ex.with_settings({k: ex.METHODS[k] for k in ("CDAM", "Smooth CDAM", "Attention map")}, ex.sampling_settings(2))
+    assert methods["Smooth CDAM"] == ("smooth_cdam", {"n_samples": 2})
+    maps = ex.explain_classes(model, images, {"c": classes, "other": others}, methods)
+    mine = {label: maps[(label, "c")] for label in methods}
+    settings = {"sizes": (8, 16), "n_boxes": 4}
+    run = ex.correctness(model, images, classes, mine, box=settings, fidelity={"step": 0.25})
+    table = run.table()
+    assert list(table.columns) == ["A_MIF", "A_MIF_sem", "A_LIF", "A_LIF_sem", "A_LIF-MIF", "A_LIF-MIF_sem", "A_box", "A_box_sem"]
+    assert table.at["CDAM", "A_LIF-MIF"] == pytest.approx(run.fidelity["CDAM"].a_lif_minus_mif)
+    assert table.at["CDAM", "A_box"] == pytest.approx(run.box["CDAM"].a_box)
+    assert set(run.curves().curve) == {"MIF", "LIF", "box"}
+    results = ex.discrimination(model, images, classes, others, mine, {label: maps[(label, "other")] for label in methods},
+                               settings={**settings, "step": 0.25})
+    discrimination = ex.discrimination_table(results)
+    assert discrimination.loc["Attention map", ["A_Δ(LIF-MIF)", "A_Δbox"]].abs().max() == 0  # class-free: one map
+    assert discrimination.loc["CDAM", "A_Δ(LIF-MIF)"] != 0
+    compact = ex.compactness_table(mine)
+    assert compact.at["CDAM", "compactness"] == pytest.approx(float(xaikit.metrics.compactness(mine["CDAM"]).mean()))
+    with pytest.raises(xaikit.InvalidParameterError):
+        ex.sampling_settings(1)

@@ -90,8 +90,14 @@ def benchmark(
     methods: Sequence[str] | None = None,
     *,
     repeats: int = 3,
+    reference_loops: bool = False,
 ) -> dict:
     """Images per second of each method and of one plain forward+backward, on `model` and `images`.
+
+    With `reference_loops`, Smooth and Integrated CDAM (when among `methods`) are also timed as
+    the authors' code runs them, one image and one sample at a time
+    (`xaikit.methods.cdam.per_sample_cdam`, n = 50), reported under ``reference_loops`` with the
+    batched method's ``speedup`` over its loop.
 
     `images` are one batch of normalised images (B, C, H, W) on the model's device;
     `methods` are registered method names (None: all of ``xaikit.list_methods()``);
@@ -118,6 +124,11 @@ def benchmark(
     }
     for name in methods:
         calls[f"method:{name}"] = lambda name=name: explain(model, images, name)
+    loops = [name for name in ("smooth_cdam", "integrated_cdam") if reference_loops and name in methods]
+    for name in loops:
+        from .methods.cdam import per_sample_cdam
+
+        calls[f"loop:{name}"] = lambda name=name: per_sample_cdam(model, images, method=name)
     errors: dict[str, str] = {}
     seconds: dict[str, list[float]] = {key: [] for key in calls}
     with eval_mode(model):
@@ -125,7 +136,7 @@ def benchmark(
             try:
                 call()
             except Exception as err:  # noqa: BLE001  (a broken method is reported, not fatal)
-                if not key.startswith("method:"):
+                if not key.startswith(("method:", "loop:")):
                     raise
                 errors[key] = _error_text(err)
         for _ in range(repeats):
@@ -135,7 +146,7 @@ def benchmark(
                 try:
                     seconds[key].append(_timed(call, device))
                 except Exception as err:  # noqa: BLE001
-                    if not key.startswith("method:"):
+                    if not key.startswith(("method:", "loop:")):
                         raise
                     errors[key] = _error_text(err)
     median = {key: statistics.median(times) for key, times in seconds.items() if times and key not in errors}
@@ -157,6 +168,19 @@ def benchmark(
                 "ratio_to_fwd_bwd": median[key] / reference,
                 "seconds_per_batch": median[key],
             }
+    if loops:
+        result["reference_loops"] = {}
+    for name in loops:
+        key = f"loop:{name}"
+        if key in errors or f"method:{name}" in errors:
+            result["reference_loops"][name] = {"error": errors.get(key) or errors[f"method:{name}"]}
+            continue
+        result["reference_loops"][name] = {
+            "images_per_s": batch / median[key],
+            "ratio_to_fwd_bwd": median[key] / reference,
+            "seconds_per_batch": median[key],
+            "speedup": median[key] / median[f"method:{name}"],
+        }
     return result
 
 
@@ -245,6 +269,7 @@ def run_benchmark(
     images: str = "auto",
     threads: int | None = None,
     model_kwargs: dict | None = None,
+    reference_loops: bool = False,
 ) -> dict:
     """Load `model_name` (any name ``xaikit.load_model`` accepts), time it, return the JSON report."""
     from . import __version__, load_model
@@ -272,7 +297,7 @@ def run_benchmark(
     batch, described = bench_images(model, model_name, batch_size, images)
     param = next(model.parameters())
     batch = batch.to(device=resolved, dtype=param.dtype)
-    timings = benchmark(model, batch, method_names, repeats=repeats)
+    timings = benchmark(model, batch, method_names, repeats=repeats, reference_loops=reference_loops)
     return {
         "fwd_bwd_images_per_s": timings.pop("fwd_bwd_images_per_s"),
         "methods": timings.pop("methods"),
@@ -333,6 +358,12 @@ def format_table(report: dict) -> str:
     for name, speed, ratio in rows:
         shown = ratio if speed == "error" else ratio.rjust(len(header[2]))
         lines.append(f"{name:<{name_width}}  {speed:>{speed_width}}  {shown}")
+    for name, entry in report.get("reference_loops", {}).items():
+        if entry.get("error"):
+            lines.append(f"{name + ' (per-sample loop)':<{name_width}}  error: {entry['error'].splitlines()[0][:80]}")
+        else:
+            lines.append(f"{name + ' (per-sample loop)':<{name_width}}  {entry['images_per_s']:>{speed_width}.1f}  "
+                         f"{entry['ratio_to_fwd_bwd']:.2f} (batched is {entry['speedup']:.1f}x faster)")
     lines += ["", "ratio = seconds per batch of the method / seconds per batch of one forward+backward (input grad)."]
     return "\n".join(lines)
 
@@ -379,6 +410,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "32x32 models, random normal images otherwise; random: always random normal images (the pixel values do not change the speed)")
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="torch CPU threads (default: torch's default)")
+    parser.add_argument("--reference-loops", action="store_true",
+                        help="also time Smooth and Integrated CDAM as the authors' code runs them, one image and one "
+                             "sample at a time (n = 50), and report each batched method's speedup over its loop")
     parser.add_argument("--model-kwarg", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a timm.create_model setting for timm models (VALUE read as YAML: 64, true, text); "
                              "repeatable, e.g. --model-kwarg img_size 64 --model-kwarg depth 2")
@@ -391,6 +425,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         report = run_benchmark(
             args.model, args.batch_size, device=args.device, methods=args.methods, repeats=args.repeats,
             pretrained=args.pretrained, images=args.images, threads=args.threads, model_kwargs=model_kwargs,
+            reference_loops=args.reference_loops,
         )
     except XaikitError as err:
         print(f"xaikit bench: {err}", file=sys.stderr)

@@ -58,6 +58,17 @@ BOOK_RC = {
 }
 
 
+#: The CDAM authors' diverging colour map (reference-spec 2.7): cyan (negative) through black (0) to orange.
+CDAM_COLOURS = ((0.0, "#00E3FF"), (0.37, "#4371AB"), (0.5, "#000000"), (0.63, "#8B5A44"), (1.0, "#FFA600"))
+
+
+def cdam_cmap():
+    """The CDAM colour map as a matplotlib colormap; use it with limits symmetric about 0 (``signed=True``)."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    return LinearSegmentedColormap.from_list("cdam", list(CDAM_COLOURS))
+
+
 def book_style() -> None:
     """Set the book's matplotlib/seaborn style and pandas display options (call once per notebook).
 

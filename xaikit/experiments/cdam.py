@@ -7,9 +7,17 @@ method and the settings the authors' code uses (§2.5-2.8).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from io import StringIO
 
 import pandas as pd
+import torch
+
+from ..errors import InvalidParameterError
+from ..metrics import compactness
+from ..protocols import BoxSensitivity, BoxSensitivityResult, ClassDiscrimination, ClassDiscriminationResult, Fidelity, FidelityResult
 
 #: paper row label -> (xaikit method, settings). "Rel. Prop." is Chefer's gradient-weighted
 #: relevance propagation (GAE, ICCV'21) as the CDAM authors run it; "Attention map" the last
@@ -108,3 +116,105 @@ def paper_table3() -> pd.DataFrame:
 
 #: The paper's LIDC cohort (reference-spec §2.10): nodules with 3-4 annotations, median malignancy != 3.
 PAPER_LIDC_COUNTS = {"benign": 443, "malignant": 411}
+
+
+# -- running the benchmarks ------------------------------------------------------------------------
+#: Settings of the sampling methods in the demo profile (the paper's n = 50 in the paper profile).
+def sampling_settings(n: int) -> dict[str, dict]:
+    """Per-row settings giving the Smooth/Integrated CDAM and SmoothGrad/IntGrad rows `n` samples or steps."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise InvalidParameterError(f"the number of samples/steps must be an int >= 2; got {n!r}")
+    return {"Integrated CDAM": {"n_steps": n}, "Smooth CDAM": {"n_samples": n},
+            "SmoothGrad": {"n_samples": n}, "IntGrad": {"n_steps": n}}
+
+
+def with_settings(methods: Mapping[str, tuple[str, dict]], settings: Mapping[str, dict]) -> dict[str, tuple[str, dict]]:
+    """`methods` with each row's settings updated by ``settings[row]`` (rows not in `methods` are ignored)."""
+    return {label: (method, {**params, **settings.get(label, {})}) for label, (method, params) in methods.items()}
+
+
+def explain_classes(model, images: torch.Tensor, classes: Mapping[str, torch.Tensor], methods=None, *, batch_size: int = 64,
+                    seed: int = 0) -> dict[tuple[str, str], torch.Tensor]:
+    """Maps keyed (row, name) of every method for every named set of classes (`explain_maps`), with
+    torch's global RNG seeded first so the noise of SmoothGrad/Smooth CDAM and Random repeats."""
+    from .perturbation_tables import explain_maps
+
+    torch.manual_seed(seed)
+    return explain_maps(model, images, methods or METHODS, classes, batch_size=batch_size)
+
+
+def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
+    values = values.double()
+    sem = float(values.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), sem
+
+
+@dataclass
+class CorrectnessRun:
+    """Fidelity and box sensitivity of every method's maps of one set of classes (Table 1 / S1)."""
+
+    fidelity: dict[str, FidelityResult]
+    box: dict[str, BoxSensitivityResult]
+
+    def table(self) -> pd.DataFrame:
+        """Indexed by method: A_MIF, A_LIF, A_LIF-MIF, A_box and the standard error over images of each."""
+        rows = {}
+        for label, fid in self.fidelity.items():
+            row = {}
+            for column, per_image in (("A_MIF", fid.a_mif_per_image), ("A_LIF", fid.a_lif_per_image),
+                                      ("A_LIF-MIF", fid.a_lif_minus_mif_per_image), ("A_box", self.box[label].a_box_per_image)):
+                row[column], row[f"{column}_sem"] = _mean_sem(per_image)
+            rows[label] = row
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+    def curves(self) -> pd.DataFrame:
+        """Mean curves: MIF/LIF logits per percent of pixels replaced, and f_box per box size."""
+        rows = []
+        for label, fid in self.fidelity.items():
+            for order, curve in (("MIF", fid.mif_curve), ("LIF", fid.lif_curve)):
+                rows += [{"method": label, "curve": order, "x": float(x), "value": float(y)} for x, y in zip(fid.x, curve)]
+            box = self.box[label]
+            rows += [{"method": label, "curve": "box", "x": float(x), "value": float(y)} for x, y in zip(box.x, box.f_box)]
+        return pd.DataFrame(rows)
+
+
+def correctness(model, images: torch.Tensor, classes: torch.Tensor, maps: Mapping[str, torch.Tensor], *,
+                fidelity: Mapping | None = None, box: Mapping | None = None, batch_size: int = 256) -> CorrectnessRun:
+    """Run `Fidelity` and `BoxSensitivity` (settings in `fidelity` / `box`) on every row's maps, all on one
+    engine so the clean images and the map-independent boxes are forwarded once."""
+    fid = Fidelity(model, batch_size=batch_size, **(fidelity or {}))
+    boxes = BoxSensitivity(model, **{**fid._settings(), **(box or {})})
+    classes = torch.as_tensor(classes).long()
+    return CorrectnessRun(
+        fidelity={label: fid(images, classes, row_maps.to(images.device)) for label, row_maps in maps.items()},
+        box={label: boxes(images, classes, row_maps.to(images.device)) for label, row_maps in maps.items()},
+    )
+
+
+def discrimination(model, images: torch.Tensor, classes: torch.Tensor, other_classes: torch.Tensor,
+                   maps: Mapping[str, torch.Tensor], other_maps: Mapping[str, torch.Tensor], *,
+                   settings: Mapping | None = None, batch_size: int = 256) -> dict[str, ClassDiscriminationResult]:
+    """`ClassDiscrimination` of every row: its maps of `classes` (c) against its maps of `other_classes` (c')."""
+    protocol = ClassDiscrimination(model, batch_size=batch_size, **(settings or {}))
+    return {label: protocol(images, classes, other_classes, maps[label].to(images.device), other_maps[label].to(images.device))
+            for label in maps}
+
+
+def discrimination_table(results: Mapping[str, ClassDiscriminationResult]) -> pd.DataFrame:
+    """Table 2: indexed by method, A_Δ(LIF-MIF) and A_Δbox with their standard errors over images."""
+    rows = {}
+    for label, result in results.items():
+        row = {}
+        for column, per_image in (("A_Δ(LIF-MIF)", result.a_delta_lif_minus_mif_per_image), ("A_Δbox", result.a_delta_box_per_image)):
+            row[column], row[f"{column}_sem"] = _mean_sem(per_image)
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+
+def compactness_table(maps: Mapping[str, torch.Tensor], threshold: float = 0.05) -> pd.DataFrame:
+    """Table 3: indexed by method, the mean compactness of the raw maps and its standard error."""
+    rows = {}
+    for label, row_maps in maps.items():
+        mean, sem = _mean_sem(compactness(row_maps, threshold))
+        rows[label] = {"compactness": mean, "compactness_sem": sem}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")

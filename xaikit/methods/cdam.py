@@ -264,3 +264,61 @@ class IntegratedCDAM(TailMethod):
             return (tokens.repeat(k1 - k0, 1, 1) * grad).sum(dim=-1)
 
         return self.copy_sum(block_input, targets, n, scaled_tokens, gradient_times_input) / n
+
+
+def _one_image_target(targets: Target, index: int) -> Target:
+    """Image `index`'s own target from a batch's targets (a class or a callable applies to every image)."""
+    if targets is None or callable(targets) or isinstance(targets, (int, np.integer)):
+        return targets
+    chosen = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
+    return chosen if chosen.ndim == 0 else chosen[index : index + 1]
+
+
+def per_sample_cdam(model: nn.Module, images: torch.Tensor, targets: Target = None, *, method: str = "smooth_cdam",
+                    n: int = 50, noise_level: float = 0.05, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The authors' procedure, image by image and sample by sample (code variant): a reference for the
+    batched methods' numbers and speed (``xaikit bench --reference-loops``), not for use.
+
+    As ``concept_map_smoothgrad`` / ``concept_map_intgrad``: ``NewModel`` = deep copies of the last
+    block, the final norm and the head; for each image its last-block input x_in, then one forward
+    and one backward of NewModel per sample: ``x_in + z_k * std`` (smooth_cdam, z from `noise`
+    (n, 1, N, D) or drawn) or ``(k / n) * x_in`` for k = 1..n-1 (integrated_cdam); S^k from hooks on
+    NewModel's norm1; the mean over the samples. Maps (B, gh, gw).
+    """
+    import copy
+
+    if method not in ("smooth_cdam", "integrated_cdam"):
+        raise InvalidParameterError(f"method must be 'smooth_cdam' or 'integrated_cdam'; got {method!r}")
+    tail = nn.ModuleDict({"block": copy.deepcopy(model.blocks[-1]), "norm": copy.deepcopy(model.norm)})
+    prefix, grid = int(model.num_prefix_tokens), token_grid(model, tuple(images.shape[-2:]))
+    maps = []
+    with eval_mode(model):
+        tail.eval()
+        for b in range(images.shape[0]):
+            x_in = last_block_input(model, images[b : b + 1])
+            with torch.no_grad():
+                logits = model.forward_head(tail["norm"](tail["block"](x_in)))
+            target = _one_image_target(targets, b)
+            classes = resolve_targets(target, logits)[1]  # None target: the prediction on the clean image
+            std = noise_level * (x_in.max() - x_in.min())
+            steps = range(n) if method == "smooth_cdam" else range(1, n)
+            total = x_in.new_zeros(x_in.shape[1])
+            for k in steps:
+                if method == "smooth_cdam":
+                    z = noise[k, 0] if noise is not None else torch.randn_like(x_in[0])
+                    x = x_in + z.to(x_in) * std
+                else:
+                    x = (k / n) * x_in
+                seen: list[torch.Tensor] = []
+                handle = tail["block"].norm1.register_forward_hook(lambda m, a, out: seen.append(out))
+                try:
+                    with torch.enable_grad():
+                        x = x.detach().requires_grad_(True)
+                        out = model.forward_head(tail["norm"](tail["block"](x)))
+                        score = out[0, classes[0]] if classes is not None else resolve_targets(target, out)[0][0]
+                        (grad,) = torch.autograd.grad(score, seen[0])
+                finally:
+                    handle.remove()
+                total += (seen[0].detach() * grad)[0].sum(-1)
+            maps.append(total / len(steps))
+    return torch.stack(maps)[:, prefix:].reshape(images.shape[0], *grid)
