@@ -1,4 +1,4 @@
-"""The paper profile's code path of every TokenTM notebook, end to end, on small files.
+"""The paper profile's code path of every TokenTM and CDAM notebook, end to end, on small files.
 
 `paper_fixtures.paper_environment` writes the paper's data in their real formats (a
 ``gtsegs_ijcv.mat`` with HDF5 object references, the CIFAR-10 and CIFAR-100 binary archives in
@@ -39,6 +39,12 @@ def runs_of(files) -> dict[str, list[dict]]:
             {"datasets": "imagenet", **deit, "n_images": TINY_IMAGES, "batch_size": 64, "explain_batch_size": 8},
         ],
         "tokentm/04_aopc_lodds": [{**vit, "n_images": TINY_IMAGES}],
+        # CDAM: the stand-in replaces DINO ViT-S/8 with its head; X_multi finds the folder's two-label images
+        "cdam/01_maps": [{**vit, "n_images": TINY_IMAGES, "n_samples": 2, "n_concept_images": 2, "concept_pool": 4,
+                          "scatter_images": TINY_IMAGES}],
+        "cdam/02_correctness": [{**vit, "n_images": TINY_IMAGES, "n_samples": 2, "n_boxes": 3, "box_step": 56, "batch_size": 64}],
+        "cdam/03_class_discrimination": [{**vit, "n_images": TINY_IMAGES, "n_samples": 2, "n_boxes": 3, "box_step": 56,
+                                          "batch_size": 64}],
         "tokentm/05_ablations": [{**vit, "n_images": TINY_IMAGES, "n_segmentation": TINY_IMAGES}],
         "tokentm/06_cifar_finetune": [{
             "model_name": "deit_tiny_patch16_224.fb_in1k", "weights": str(files.weights[FINETUNE_START]),
@@ -49,7 +55,8 @@ def runs_of(files) -> dict[str, list[dict]]:
 
 
 NOTEBOOK_NAMES = ["tokentm/01_maps", "tokentm/02_segmentation", "tokentm/03_perturbation", "tokentm/04_aopc_lodds",
-                  "tokentm/05_ablations", "tokentm/06_cifar_finetune"]
+                  "tokentm/05_ablations", "tokentm/06_cifar_finetune",
+                  "cdam/01_maps", "cdam/02_correctness", "cdam/03_class_discrimination", "cdam/06_lidc"]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +72,9 @@ def paper_env(paper_files, monkeypatch):
     return paper_files
 
 
-def test_every_tokentm_notebook_is_covered():
-    present = sorted(p.relative_to(NOTEBOOKS).with_suffix("").as_posix() for p in (NOTEBOOKS / "tokentm").glob("*.ipynb"))
+def test_every_tokentm_and_cdam_notebook_is_covered():
+    present = sorted(p.relative_to(NOTEBOOKS).with_suffix("").as_posix() for chapter in ("tokentm", "cdam")
+                     for p in (NOTEBOOKS / chapter).glob("*.ipynb"))
     assert [name for name in present if name not in NOTEBOOK_NAMES] == []
 
 
