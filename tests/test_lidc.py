@@ -376,3 +376,30 @@ def test_load_scan_crops_centres_on_the_consensus_box(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert lidc.load_scan_crops(scan, nodules=[]) == {}
+
+
+def test_cohort_crops_file_round_trip_and_refusals(tmp_path, monkeypatch):
+    from xaikit.errors import DataIntegrityError, DataUnavailableError
+
+    cohort = pd.DataFrame({"scan_id": ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0002"], "scan_index": [1, 2, 2],
+                           "nodule": [0, 1, 3], "label": ["malignant", "benign", "benign"]})
+    calls = []
+
+    def fake_crops(scan_index, *, nodules, size_mm):  # the DICOM reader, which needs the TCIA files
+        calls.append((scan_index, tuple(nodules)))
+        return {n: np.full((size_mm,) * 3, 100.0 * scan_index + n + 0.4, np.float32) for n in nodules}
+
+    monkeypatch.setattr(lidc, "load_scan_crops", fake_crops)
+    path = lidc.write_cohort_crops(tmp_path / "crops.npz", cohort)
+    assert calls == [(1, (0,)), (2, (1, 3))]  # one DICOM read per scan
+    cubes, rows = lidc.read_cohort_crops(path, cohort.iloc[::-1])
+    assert cubes.shape == (3, 32, 32, 32) and cubes.dtype == np.float32
+    assert cubes[:, 0, 0, 0].tolist() == [100.0, 201.0, 203.0]  # HU rounded to int16 in the file
+    assert rows[["scan_index", "nodule"]].values.tolist() == [[1, 0], [2, 1], [2, 3]]
+    with pytest.raises(DataIntegrityError, match="belong to no nodule"):
+        lidc.read_cohort_crops(path, cohort.iloc[:2])
+    with pytest.raises(DataUnavailableError, match="write_cohort_crops"):
+        lidc.read_cohort_crops(tmp_path / "missing.npz", cohort)
+    np.savez(tmp_path / "other.npz", images=np.zeros(3))
+    with pytest.raises(DataIntegrityError, match="not a crops file"):
+        lidc.read_cohort_crops(tmp_path / "other.npz", cohort)

@@ -718,3 +718,71 @@ def load_scan_crops(
             centre = [(box.start + box.stop - 1) / 2 for box in bbox]
             crops[index] = extract_crop(volume, spacing, centre, size_mm=size_mm)
     return crops
+
+
+# --------------------------------------------------------------------------------------------
+# The cohort's crops as one file (the CDAM chapter's paper profile reads it)
+# --------------------------------------------------------------------------------------------
+
+CROPS_KEYS = ("cubes", "scan_index", "nodule")
+
+
+def write_cohort_crops(path: str | os.PathLike, cohort: pd.DataFrame | None = None, *, size_mm: int = CROP_SIZE_MM) -> Path:
+    """Cut the crop of every nodule of `cohort` (default `select_cohort()`) from the DICOMs into one ``.npz``.
+
+    Arrays: ``cubes`` (N, n, n, n) int16 HU, ``scan_index`` and ``nodule`` (N,) int64 (the cohort's
+    keys), in the cohort's order. Needs the DICOMs (see `load_scan_crops`); written atomically.
+    """
+    from ..fileio import atomic_write
+
+    cohort = select_cohort() if cohort is None else cohort
+    missing = [c for c in ("scan_index", "nodule") if c not in cohort.columns]
+    if missing:
+        raise InvalidParameterError(f"cohort lacks the column(s) {missing}: pass a table from select_cohort()")
+    cubes = {}
+    for scan_index, rows in cohort.groupby("scan_index", sort=False):
+        crops = load_scan_crops(int(scan_index), nodules=[int(n) for n in rows["nodule"]], size_mm=size_mm)
+        cubes.update({(int(scan_index), nodule): cube for nodule, cube in crops.items()})
+    keys = list(zip(cohort["scan_index"].astype(int), cohort["nodule"].astype(int)))
+    stacked = np.stack([np.rint(cubes[key]).astype(np.int16) for key in keys])
+    with atomic_write(Path(path), "wb") as handle:
+        np.savez_compressed(handle, cubes=stacked, scan_index=np.array([k[0] for k in keys], np.int64),
+                            nodule=np.array([k[1] for k in keys], np.int64))
+    return Path(path)
+
+
+def read_cohort_crops(path: str | os.PathLike, cohort: pd.DataFrame | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """The crops of `write_cohort_crops` and the cohort rows they belong to, in the file's order.
+
+    Returns ``(cubes (N, n, n, n) float32 HU, rows)``; rows are those of `cohort` (default
+    `select_cohort()`) matched by ``scan_index`` and ``nodule``. A crop whose nodule is not in the
+    cohort is refused (a file made with other settings).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataUnavailableError(
+            f"no LIDC crops file at {path}: write it once from the TCIA DICOMs with "
+            "xaikit.data.lidc.write_cohort_crops(path) (pylidc's config must name the DICOM folder)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in CROPS_KEYS}
+    except (KeyError, ValueError, OSError) as err:
+        raise DataIntegrityError(
+            f"{path} is not a crops file of write_cohort_crops (arrays {', '.join(CROPS_KEYS)}): {err}; delete it and "
+            "write it again"
+        ) from err
+    cubes = arrays["cubes"]
+    if cubes.ndim != 4 or len(set(cubes.shape[1:])) != 1 or not (len(cubes) == len(arrays["scan_index"]) == len(arrays["nodule"])):
+        raise DataIntegrityError(f"{path}: cubes {cubes.shape} do not match {len(arrays['nodule'])} nodule keys; write it again")
+    cohort = select_cohort() if cohort is None else cohort
+    index = {(int(s), int(n)): i for i, (s, n) in enumerate(zip(cohort["scan_index"], cohort["nodule"]))}
+    keys = list(zip(arrays["scan_index"].tolist(), arrays["nodule"].tolist()))
+    unknown = [key for key in keys if key not in index]
+    if unknown:
+        raise DataIntegrityError(
+            f"{path}: {len(unknown)} crop(s) belong to no nodule of this cohort (first: scan_index, nodule = {unknown[0]}); "
+            "the file was written for another selection: write it again for this one"
+        )
+    rows = cohort.iloc[[index[key] for key in keys]].reset_index(drop=True)
+    return cubes.astype(np.float32), rows
