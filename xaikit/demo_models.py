@@ -2,7 +2,10 @@
 
 Each model is a ``<name>.safetensors`` file with a ``<name>.json`` model card
 (timm architecture and kwargs, data, seed, epochs, accuracy, hardware,
-training time, sha256).
+training time, sha256); every card in ``xaikit/weights`` is a demo model
+(`DEMO_MODELS`). Regression models (``demo-nodules-biomarkers-vit``) record
+the test MSE and R^2 per target instead of an accuracy, and the targets' mean
+and std (`xaikit.train.predict_targets` maps their outputs back to units).
 """
 
 from __future__ import annotations
