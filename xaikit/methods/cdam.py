@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidParameterError
@@ -58,24 +59,71 @@ def last_block_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return captured[0]
 
 
+def head_rows(model: nn.Module) -> list[int] | None:
+    """The token rows of the last block's output the head reads (class token; DeiT: and the distillation
+    token), or None when it reads them all (average or attention pooling)."""
+    if getattr(model, "attn_pool", None) is not None or getattr(model, "global_pool", "token") != "token":
+        return None
+    return [0, 1] if isinstance(getattr(model, "head_dist", None), nn.Module) else [0]
+
+
+def _plain_timm_block(block: nn.Module) -> bool:
+    """A timm ``Block`` with timm's ``Attention`` (no gate): `rows_forward` computes exactly what it does."""
+    from timm.models.vision_transformer import Attention, Block
+
+    return type(block) is Block and type(block.attn) is Attention and getattr(block.attn, "gate", None) is None
+
+
+def rows_forward(block: nn.Module, x: torch.Tensor, tokens: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The rows `rows` of ``block(x)`` for a plain timm block, given T = the ``norm1`` output `tokens`.
+
+    Only those rows' queries are attended and only those rows go through the MLP: the other rows
+    of the output never reach the head, and T enters through the keys and values of every token,
+    so the gradient with respect to T is that of the whole block at a fraction of its cost.
+    """
+    attn = block.attn
+    batch, count, _ = tokens.shape
+    # qkv's weight stacks the q, k and v rows: queries only for `rows`, keys and values for every token
+    weights_q, weights_k, weights_v = attn.qkv.weight.chunk(3, dim=0)
+    bias_q, bias_k, bias_v = attn.qkv.bias.chunk(3) if attn.qkv.bias is not None else (None, None, None)
+
+    def heads(values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(batch, values.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)
+
+    q = attn.q_norm(heads(F.linear(tokens[:, rows], weights_q, bias_q)))
+    k = attn.k_norm(heads(F.linear(tokens, weights_k, bias_k)))
+    v = heads(F.linear(tokens, weights_v, bias_v))
+    weights = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+    mixed = attn.proj_drop(attn.proj(attn.norm((weights @ v).transpose(1, 2).reshape(batch, len(rows), -1))))
+    out = x[:, rows] + block.drop_path1(block.ls1(mixed))
+    return out + block.drop_path2(block.ls2(block.mlp(block.norm2(out))))
+
+
 def run_tail(model: nn.Module, block_input: torch.Tensor, tokens: torch.Tensor | None = None):
     """(outputs, T): the model's outputs from the last block's input (the last block, final norm, head),
     and T, the output of the last block's ``norm1`` as the block used it, attached to the graph.
 
     tokens: when given, used as the ``norm1`` output instead of ``norm1(block_input)`` (the paper's
-    perturbations act on T).
+    perturbations act on T). For a plain timm block whose head reads only the class (and
+    distillation) token, only those rows are computed after T (`rows_forward`).
     """
+    block, rows = model.blocks[-1], head_rows(model)
+    if rows is not None and _plain_timm_block(block):
+        if tokens is None:
+            tokens = block.norm1(block_input)
+        if not tokens.requires_grad:  # frozen LayerNorm parameters: T still needs a gradient
+            tokens = tokens.detach().requires_grad_(True)
+        return model.forward_head(model.norm(rows_forward(block, block_input, tokens, rows))), tokens
     used: list[torch.Tensor] = []
 
     def hook(module, args, output):
         if tokens is not None:
             output = tokens
-        elif not output.requires_grad:  # frozen LayerNorm parameters: T still needs a gradient
+        elif not output.requires_grad:
             output = output.detach().requires_grad_(True)
         used.append(output)
         return output
 
-    block = model.blocks[-1]
     handle = block.norm1.register_forward_hook(hook)
     try:
         outputs = model.forward_head(model.norm(block(block_input)))
@@ -213,7 +261,10 @@ class SmoothCDAM(TailMethod):
         bank = noise_bank(self.name, self.noise, self.generator, (self.n_samples, *clean.shape), clean)
 
         def noisy(k0, k1):
-            perturbed = clean + bank[k0:k1] * std
+            # written into one contiguous buffer: the bank is a transposed view, and a broadcast sum
+            # would inherit its layout and be copied again when the copies are flattened
+            perturbed = torch.addcmul(clean.expand(k1 - k0, *clean.shape), bank[k0:k1], std,
+                                      out=clean.new_empty((k1 - k0, *clean.shape)))
             if self.space == "code":
                 return perturbed, None
             return block_input.expand(k1 - k0, *block_input.shape), perturbed

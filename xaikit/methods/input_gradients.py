@@ -184,11 +184,10 @@ def noise_bank(method: str, noise, generator, full: tuple[int, ...], like: torch
             f"the generator of method {method!r} is on {generator.device} but the model on "
             f"{like.device}; create it there: torch.Generator(device={str(like.device)!r})"
         )
-    per_image = [
-        torch.randn((full[0], *full[2:]), generator=generator, dtype=like.dtype, device=like.device)
-        for _ in range(full[1])
-    ]
-    return torch.stack(per_image, dim=1)
+    drawn = torch.empty((full[1], full[0], *full[2:]), dtype=like.dtype, device=like.device)
+    for image in drawn:  # image by image into one buffer: no copy to stack them
+        image.normal_(generator=generator)
+    return drawn.transpose(0, 1)
 
 
 # -- the explainers -------------------------------------------------------------------------
