@@ -44,6 +44,31 @@ def golden_images() -> torch.Tensor:
     return torch.from_numpy(golden("inputs")["images"])
 
 
+#: golden precision -> (dtype, file suffix, relative tolerance): float32 files below 1e-4, float64 below 1e-10
+GOLDEN_PRECISION = {"f32": (torch.float32, "", 1e-4), "f64": (torch.float64, "_f64", 1e-10)}
+
+
+def relative_error(ours: torch.Tensor, reference: np.ndarray) -> float:
+    """max |ours - reference| / max |reference|."""
+    ours = ours.detach().cpu().numpy().reshape(reference.shape)
+    return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def golden_attribute(model, images, method, targets=None, **params):
+    """The method's maps in the model's own dtype (float64 models give float64 maps)."""
+    import xaikit
+
+    return xaikit.get_method(method).create(model, **params).attribute(images.to(next(model.parameters()).dtype), targets)
+
+
+@pytest.fixture(scope="module", params=sorted(GOLDEN_PRECISION))
+def golden_setting(request, golden_images):
+    """Both reference models, the images, the file suffix and the tolerance, once per precision."""
+    dtype, suffix, tolerance = GOLDEN_PRECISION[request.param]
+    models = {which: build_golden_model(which, dtype) for which in "AB"}
+    return models, golden_images.to(dtype), suffix, tolerance
+
+
 def small_vit(kind: str = "plain", **overrides) -> nn.Module:
     """Tiny random-weight timm ViTs covering the layouts xaikit must handle."""
     torch.manual_seed(0)

@@ -12,25 +12,11 @@ import torch
 import xaikit
 from xaikit.metrics import compactness
 
-from conftest import build_golden_model, golden
-
-PRECISION = {"f32": (torch.float32, "", 1e-4), "f64": (torch.float64, "_f64", 1e-10)}
+from conftest import build_golden_model, golden, golden_attribute as attribute, relative_error
 
 
-def relative_error(ours: torch.Tensor, reference: np.ndarray) -> float:
-    ours = ours.detach().cpu().numpy().reshape(reference.shape)
-    return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
-def attribute(model, images, method, targets=None, **params):
-    return xaikit.get_method(method).create(model, **params).attribute(images.to(next(model.parameters()).dtype), targets)
-
-
-@pytest.fixture(scope="module", params=sorted(PRECISION))
-def setting(request, golden_images):
-    dtype, suffix, tolerance = PRECISION[request.param]
-    models = {which: build_golden_model(which, dtype) for which in "AB"}
-    return models, golden_images.to(dtype), suffix, tolerance
 
 
 def both_columns(model, images, reference, key, method, **params):
@@ -42,21 +28,21 @@ def both_columns(model, images, reference, key, method, **params):
 
 
 @pytest.mark.parametrize("which", "AB")
-def test_cdam(setting, which):
-    models, images, suffix, tolerance = setting
+def test_cdam(golden_setting, which):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"cdam_{which}{suffix}")
     assert both_columns(models[which], images, reference, "cdam_vanilla_raw", "cdam") < tolerance
 
 
 @pytest.mark.parametrize("which", "AB")
-def test_integrated_cdam_code_variant(setting, which):
-    models, images, suffix, tolerance = setting
+def test_integrated_cdam_code_variant(golden_setting, which):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"cdam_{which}{suffix}")
     assert both_columns(models[which], images, reference, "integrated_cdam_raw", "integrated_cdam", n_steps=10) < tolerance
 
 
-def test_smooth_cdam_with_the_stored_noise_bank(setting):
-    models, images, suffix, tolerance = setting
+def test_smooth_cdam_with_the_stored_noise_bank(golden_setting):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"cdam_B{suffix}")
     bank = torch.from_numpy(golden("noise")["smooth_cdam_Z_B"].astype(np.float64))
     error = both_columns(models["B"], images, reference, "smooth_cdam_raw", "smooth_cdam", n_samples=8, noise_level=0.05, noise=bank)
@@ -64,8 +50,8 @@ def test_smooth_cdam_with_the_stored_noise_bank(setting):
 
 
 @pytest.mark.parametrize("which", "AB")
-def test_concept_cdam(setting, which):
-    models, images, suffix, tolerance = setting
+def test_concept_cdam(golden_setting, which):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"cdam_{which}{suffix}")
     concept_images = torch.from_numpy(golden("inputs")["concept_images"]).to(images.dtype)
     concept = xaikit.concept_target(models[which], concept_images)
@@ -74,10 +60,10 @@ def test_concept_cdam(setting, which):
 
 
 @pytest.mark.parametrize("which", "AB")
-def test_token_ablation(setting, which):
+def test_token_ablation(golden_setting, which):
     """Every token removed in turn is one forward per token: model A's 196 tokens for two images, and model
     B's 784 for one image and one class in float32 only (its float64 run alone would take minutes)."""
-    models, images, suffix, tolerance = setting
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"cdam_{which}{suffix}")
     if which == "B" and suffix:
         pytest.skip("model B's token ablation is checked in float32 (784 forwards of 785 tokens per image and class)")
@@ -88,8 +74,8 @@ def test_token_ablation(setting, which):
         assert relative_error(ours, reference["token_ablation_raw"][chosen, column]) < tolerance
 
 
-def test_partial_lrp_and_gae_as_the_cdam_authors_run_them(setting):
-    models, images, suffix, tolerance = setting
+def test_partial_lrp_and_gae_as_the_cdam_authors_run_them(golden_setting):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"cdam_B{suffix}")
     assert both_columns(models["B"], images, reference, "gae_raw", "gae") < tolerance
     lrp_tolerance = tolerance if suffix else 1e-3  # the reference's own float32 LRP is ill-conditioned
@@ -98,8 +84,8 @@ def test_partial_lrp_and_gae_as_the_cdam_authors_run_them(setting):
 
 @pytest.mark.parametrize("which", "AB")
 @pytest.mark.parametrize("method, key", [("gradcam", "gradcam_token_raw"), ("gradcam_pp", "gradcampp_token_raw")])
-def test_gradcam_token_level(setting, which, method, key):
-    models, images, suffix, tolerance = setting
+def test_gradcam_token_level(golden_setting, which, method, key):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"gradcam_{which}{suffix}")
     # Grad-CAM++'s alpha denominator nearly cancels (the reference README): in float32 the library itself,
     # called the library's way with this torch, differs from the stored output by up to 7.8e-3 on model B

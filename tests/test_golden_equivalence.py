@@ -10,29 +10,15 @@ import torch
 
 import xaikit
 
-from conftest import build_golden_model, golden
-
-PRECISION = {"f32": (torch.float32, "", 1e-4), "f64": (torch.float64, "_f64", 1e-10)}
+from conftest import GOLDEN_PRECISION as PRECISION, build_golden_model, golden, golden_attribute as attribute, relative_error
 
 
-def relative_error(ours: torch.Tensor, reference: np.ndarray) -> float:
-    ours = ours.detach().cpu().numpy().reshape(reference.shape)
-    return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
-def attribute(model, images, method, targets=None, **params):
-    return xaikit.get_method(method).create(model, **params).attribute(images.to(next(model.parameters()).dtype), targets)
 
 
-@pytest.fixture(scope="module", params=sorted(PRECISION))
-def setting(request, golden_images):
-    dtype, suffix, tolerance = PRECISION[request.param]
-    models = {which: build_golden_model(which, dtype) for which in "AB"}
-    return models, golden_images.to(dtype), suffix, tolerance
-
-
-def test_timm_models_reproduce_reference_logits(setting):
-    models, images, suffix, tolerance = setting
+def test_timm_models_reproduce_reference_logits(golden_setting):
+    models, images, suffix, tolerance = golden_setting
     logits = golden(f"logits{suffix}")
     for which, model in models.items():
         with torch.no_grad():
@@ -40,14 +26,14 @@ def test_timm_models_reproduce_reference_logits(setting):
 
 
 @pytest.mark.parametrize("start_layer", [0, 1])
-def test_rollout(setting, start_layer):
-    models, images, suffix, tolerance = setting
+def test_rollout(golden_setting, start_layer):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"chefer_A{suffix}")[f"rollout_start{start_layer}"]
     assert relative_error(attribute(models["A"], images, "rollout", start_layer=start_layer), reference) < tolerance
 
 
-def test_raw_attention(setting):
-    models, images, suffix, tolerance = setting
+def test_raw_attention(golden_setting):
+    models, images, suffix, tolerance = golden_setting
     assert relative_error(attribute(models["A"], images, "raw_attention"), golden(f"chefer_A{suffix}")["raw_attn_last_layer"]) < tolerance
     assert relative_error(attribute(models["A"], images, "raw_attention"), golden(f"cdam_A{suffix}")["attention_map_raw"]) < tolerance
     # model B: patch 8, a 28 x 28 grid
@@ -55,16 +41,16 @@ def test_raw_attention(setting):
 
 
 @pytest.mark.parametrize("column", [0, 1])
-def test_gae(setting, column):
-    models, images, suffix, tolerance = setting
+def test_gae(golden_setting, column):
+    models, images, suffix, tolerance = golden_setting
     for which, (file, key) in {"A": (f"chefer_A{suffix}", "gae"), "B": (f"cdam_B{suffix}", "gae_raw")}.items():
         reference = golden(file)
         targets = torch.from_numpy(reference["targets"][:, column])
         assert relative_error(attribute(models[which], images, "gae", targets), reference[key][:, column]) < tolerance
 
 
-def test_gae_default_target_is_the_prediction(setting):
-    models, images, suffix, tolerance = setting
+def test_gae_default_target_is_the_prediction(golden_setting):
+    models, images, suffix, tolerance = golden_setting
     reference = golden(f"chefer_A{suffix}")
     assert relative_error(attribute(models["A"], images, "gae"), reference["gae"][:, 0]) < tolerance
 

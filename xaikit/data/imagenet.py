@@ -377,6 +377,14 @@ class ImageSelection:
         return _load(check_imagenet_val(self.root), self.files, self.real_labels).images
 
 
+def _selection(index: ImageNetValFolder, files: list[str], **fields) -> ImageSelection:
+    """An `ImageSelection` of `files` (in order) of the checked folder `index`."""
+    return ImageSelection(
+        root=index.root, files=files, paths=[index.root / "images" / name for name in files],
+        labels=[index.labels_by_file[name] for name in files], class_names=index.class_names, **fields,
+    )
+
+
 def sample_x_val(
     n: int = 1000, seed: int = 0, *, root: str | os.PathLike | None = None, labels: str = "original"
 ) -> ImageSelection:
@@ -400,13 +408,8 @@ def sample_x_val(
             + ". Ask for fewer, or point to the full validation set."
         )
     chosen = _sample_positions(len(files), n, seed)
-    chosen_files = [files[i] for i in chosen]
-    return ImageSelection(
-        root=index.root,
-        files=chosen_files,
-        paths=[index.root / "images" / name for name in chosen_files],
-        labels=[index.labels_by_file[name] for name in chosen_files],
-        class_names=index.class_names,
+    return _selection(
+        index, [files[i] for i in chosen],
         real_labels=[real_sets[i] for i in chosen] if real_sets is not None else None,
     )
 
@@ -516,13 +519,8 @@ def select_x_multi(
             "name different objects. Ask for fewer, or point to the full validation set."
         )
     chosen = [eligible[i] for i in _sample_positions(len(eligible), n, seed)]
-    chosen_files = [files[position] for position, _ in chosen]
-    return ImageSelection(
-        root=index.root,
-        files=chosen_files,
-        paths=[index.root / "images" / name for name in chosen_files],
-        labels=[index.labels_by_file[name] for name in chosen_files],
-        class_names=index.class_names,
+    return _selection(
+        index, [files[position] for position, _ in chosen],
         real_labels=[real_sets[position] for position, _ in chosen],
         classes=[pair[0] for _, pair in chosen],
         other_classes=[pair[1] for _, pair in chosen],

@@ -125,12 +125,8 @@ class Explainer:
         images = self._check_images(images)
         check_targets(targets, images.shape[0])
         needs_backward = self.class_specific and bool(self.grads)
-        if needs_backward and torch.is_inference_mode_enabled():
-            raise InvalidParameterError(
-                f"method {self.name!r} needs gradients, which torch.inference_mode() disables (torch.enable_grad() "
-                "cannot override it); call xaikit.explain outside the torch.inference_mode() block "
-                "(under torch.no_grad() it works: explainers turn gradients on themselves)"
-            )
+        if needs_backward:
+            refuse_inference_mode(self.name)
         if images.is_inference():  # made under inference_mode: a normal copy can require grad
             images = images.clone()
         with eval_mode(self.model), ViTRecorder(self.model, record=self.records, grads=self.grads) as recorder:
@@ -234,6 +230,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in saved:
             module.training = training
+
+
+def refuse_inference_mode(method: str) -> None:
+    """A method that needs gradients cannot run under ``torch.inference_mode()``: say so and how to fix it."""
+    if torch.is_inference_mode_enabled():
+        raise InvalidParameterError(
+            f"method {method!r} needs gradients, which torch.inference_mode() disables (torch.enable_grad() "
+            "cannot override it); call xaikit.explain outside the torch.inference_mode() block "
+            "(under torch.no_grad() it works: explainers turn gradients on themselves)"
+        )
 
 
 def integer_setting(method: str, name: str, value: object) -> object:

@@ -44,7 +44,7 @@ from torch import nn
 from ..errors import InvalidParameterError
 from ..introspection import token_grid
 from ..targets import Target, check_targets, resolve_targets
-from .base import Explainer, eval_mode, register
+from .base import Explainer, eval_mode, refuse_inference_mode, register
 
 #: upper bound on the autograd memory of one chunk of copies (estimated, see `graph_bytes_per_image`)
 CHUNK_BYTES = 2**30
@@ -55,12 +55,7 @@ def prepare_gradient_call(explainer: Explainer, images: torch.Tensor, targets: T
     """Checked images in the model's dtype and device, safe to require grad; refuses inference mode."""
     images = explainer._check_images(images)
     check_targets(targets, images.shape[0])
-    if torch.is_inference_mode_enabled():
-        raise InvalidParameterError(
-            f"method {explainer.name!r} needs gradients, which torch.inference_mode() disables (torch.enable_grad() "
-            "cannot override it); call xaikit.explain outside the torch.inference_mode() block "
-            "(under torch.no_grad() it works: explainers turn gradients on themselves)"
-        )
+    refuse_inference_mode(explainer.name)
     if images.is_inference():  # made under inference_mode: a normal copy can require grad
         images = images.clone()
     return images.detach()
