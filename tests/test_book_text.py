@@ -64,3 +64,17 @@ def test_the_intro_claims_exactly_the_chapters_that_have_notebooks():
     for chapter in ("foundations", "tokentm", "cdam", "vita"):
         linked = f"<{chapter}/index>" in exists
         assert linked == (chapter in built), f"intro: chapter {chapter} {'is' if linked else 'is not'} claimed, notebooks: {sorted(built)}"
+
+
+@pytest.mark.parametrize("chapter, key", [("tokentm", "wu2024tokentm"), ("cdam", "brocki2023cdam"), ("vita", "echevarrieta2025vita")])
+def test_each_paper_chapter_cites_its_paper_with_a_link_and_says_where_the_code_is(chapter, key):
+    page = (REPO / "book" / chapter / "index.md").read_text()
+    assert f"{{cite:p}}`{key}`" in page
+    assert re.search(r"\]\(https://(arxiv\.org/abs|doi\.org|openaccess\.thecvf\.com)/", page), "a link to the paper"
+    assert "**The authors' code.**" in page
+    assert "@" in (REPO / "book/references.bib").read_text().split(key)[0][-40:], f"{key} is in references.bib"
+
+
+def test_page_01_says_it_traces_a_batch():
+    text = "\n".join(cells(REPO / "notebooks/foundations/01_anatomy.ipynb", "markdown"))
+    assert "one image" not in text and "a batch" in text
