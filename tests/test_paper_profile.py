@@ -56,7 +56,11 @@ def runs_of(files) -> dict[str, list[dict]]:
 
 NOTEBOOK_NAMES = ["tokentm/01_maps", "tokentm/02_segmentation", "tokentm/03_perturbation", "tokentm/04_aopc_lodds",
                   "tokentm/05_ablations", "tokentm/06_cifar_finetune",
-                  "cdam/01_maps", "cdam/02_correctness", "cdam/03_class_discrimination", "cdam/04_lidc"]
+                  "cdam/00_linear_probe", "cdam/01_maps", "cdam/02_correctness", "cdam/03_class_discrimination",
+                  "cdam/04_lidc"]
+# cdam/00_linear_probe's paper profile trains the DINO probe on ImageNet: its recipe runs on small files in
+# tests/test_linear_probe.py (ImageFolder, validation folder, frozen backbone, best-val-loss head).
+OWN_TESTS = ("tokentm/06_cifar_finetune", "cdam/04_lidc", "cdam/00_linear_probe")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,7 @@ def check_run(name: str, run, parameters: dict, output) -> None:
     assert record["ok"] and record["profile"] == "paper" and record["parameters"]["profile"] == "paper"
 
 
-@pytest.mark.parametrize("name", [n for n in NOTEBOOK_NAMES if n not in ("tokentm/06_cifar_finetune", "cdam/04_lidc")])  # own tests
+@pytest.mark.parametrize("name", [n for n in NOTEBOOK_NAMES if n not in OWN_TESTS])
 def test_the_paper_profile_runs_on_small_real_format_files(name, paper_env, tmp_path):
     if not (NOTEBOOKS / f"{name}.ipynb").is_file():
         pytest.skip(f"{name} is not written yet")

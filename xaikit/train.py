@@ -36,6 +36,13 @@ The recipes ``demo-nodules-biomarkers-vit`` (the eight LIDC biomarkers) and
 ``demo-nodules-vit`` (malignancy, 2 classes; fine-tuned from the former, so train
 that first) train on the synthetic nodules of `xaikit.data.synthetic.make_nodules`
 (training seed 0, held-out seed 1, as ``xaikit.data.load_examples("nodules")``).
+
+CDAM paper profile. ``frozen="backbone"`` trains only the classifier head (a linear probe; `freeze`),
+``optimizer``/``schedule``/``lr_decay`` choose Adam and a constant or exponential rate, and
+``keep="best-val-loss"`` writes the weights of the epoch with the lowest loss on the data's "val" split.
+``cdam-dino-linear-probe`` (`linear_probe_recipe`: ImageNet ImageFolder in ``$XAIKIT_IMAGENET_TRAIN``)
+and ``cdam-dino-lidc-malignancy`` / ``-biomarkers`` (`lidc_recipe`: crops in ``$XAIKIT_LIDC_CROPS``)
+start from ``vit_small_patch8_224.dino``.
 """
 
 from __future__ import annotations
@@ -97,6 +104,16 @@ class TrainConfig:
     # "classification" (cross-entropy, top-1 accuracy) or "regression" (the data's labels are an
     # (N, K) table of numbers; the model's K outputs predict them standardised, MSE loss; see `train`).
     task: str = "classification"
+    # Linear probe: "backbone" trains only the classifier head (`classifier_keys`, re-initialised) on the
+    # frozen backbone's features, computed under no_grad with the backbone in eval mode; None: all weights.
+    frozen: str | None = None
+    optimizer: str = "adamw"  # "adamw" (weight_decay applies) or "adam" (no weight decay)
+    # "warmup-cosine" (warmup_epochs, then cosine to 0), "constant", or "exponential" (lr * lr_decay ** epoch)
+    schedule: str = "warmup-cosine"
+    lr_decay: float = 0.95
+    # "last": the weights after the final epoch; "best-val-loss": those of the epoch with the lowest loss on
+    # the data's "val" split (scored after every epoch), as the reference's Lightning checkpointing keeps.
+    keep: str = "last"
 
     def __post_init__(self) -> None:
         check_recipe(self)
@@ -107,8 +124,29 @@ class TrainConfig:
         return self.output_name or self.name
 
 
+#: Fields added after recipes were first trained, with their defaults: left out of a recipe's identity
+#: (`recipe_identity`) while at the default, so checkpoints of earlier runs still resume.
+_LATER_FIELDS = {"frozen": None, "optimizer": "adamw", "schedule": "warmup-cosine", "lr_decay": 0.95, "keep": "last"}
+_CHOICES = {"frozen": (None, "backbone"), "optimizer": ("adamw", "adam"),
+            "schedule": ("warmup-cosine", "constant", "exponential"), "keep": ("last", "best-val-loss")}
+
+
+def recipe_identity(config: TrainConfig) -> str:
+    """The recipe as JSON, identifying the run a checkpoint belongs to (later fields only when not at their default)."""
+    fields = {k: v for k, v in asdict(config).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    return json.dumps(fields, sort_keys=True)
+
+
 def check_recipe(config: TrainConfig) -> None:
     """Refuse counts that would train nothing (e.g. ``epochs=0``) or crash later."""
+    for name, allowed in _CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise InvalidParameterError(
+                f"recipe {config.name!r}: {name} must be one of {', '.join(map(repr, allowed))}, "
+                f"got {getattr(config, name)!r}"
+            )
+    if isinstance(config.lr_decay, bool) or not isinstance(config.lr_decay, (int, float)) or not 0 < config.lr_decay <= 1:
+        raise InvalidParameterError(f"recipe {config.name!r}: lr_decay must be a number in (0, 1], got {config.lr_decay!r}")
     for name in ("epochs", "batch_size", "monitor_size"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -228,9 +266,253 @@ def _nodules(split: str, n_train: int = 20000, n_test: int = 2000, size: int = 6
                                   f"{size} x {size} grey repeated to RGB)")
 
 
+IMAGENET_TRAIN_ENV = "XAIKIT_IMAGENET_TRAIN"
+LIDC_CROPS_ENV = "XAIKIT_LIDC_CROPS"
+#: The reference's LIDC split (CDAM, reference-spec §2.10): 15 % test, then 15 % of the rest for validation,
+#: each stratified by class: 0.7225 / 0.1275 / 0.15.
+LIDC_SPLIT = {"train": 0.7225, "val": 0.1275, "test": 0.15}
+
+
+class LazyImages:
+    """An image set read from files on demand, indexed like an (N, H, W, 3) uint8 array.
+
+    ``images[3]``, ``images[2:5]`` or ``images[index_array]`` read, transform and stack those
+    images (in a pool of `workers` threads; PIL decodes outside the GIL); ``len`` and
+    ``shape`` need no reading. `load(i)` returns image i as uint8 (H, W, 3) of the fixed `side`.
+    """
+
+    def __init__(self, count: int, side: int, load: Callable[[int], np.ndarray], workers: int = 0):
+        self._count, self._side, self._load = count, side, load
+        self.workers = workers or min(8, os.cpu_count() or 1)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self._count, self._side, self._side, 3)
+
+    def map(self, function: Callable, items) -> np.ndarray:
+        items = list(items)
+        if self.workers > 1 and len(items) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.workers) as pool:
+                arrays = list(pool.map(function, items))
+        else:
+            arrays = [function(item) for item in items]
+        return np.stack(arrays) if arrays else np.zeros((0, self._side, self._side, 3), np.uint8)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.map(self._load, [range(self._count)[key]])[0]
+        positions = range(self._count)[key] if isinstance(key, slice) else np.asarray(key).reshape(-1).tolist()
+        return self.map(self._load, positions)
+
+
+def random_resized_crop(image, side: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's ``RandomResizedCrop(side)`` (bilinear) on a PIL image, drawing from numpy `rng`.
+
+    The same rule: up to 10 tries of an area share in `scale` and a log-uniform aspect ratio in
+    `ratio` that fit the image, else the centre crop of the ratio clamped to `ratio`.
+    """
+    from PIL import Image
+
+    width, height = image.size
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            break
+    else:
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            w, h = int(round(height * max(ratio))), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+    return image.resize((side, side), Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def resize_centre_crop(image, side: int):
+    """torchvision's ``Resize(round(side / 0.875), bicubic)`` then ``CenterCrop(side)`` (256 then 224) on a PIL image."""
+    from PIL import Image
+
+    short = int(round(side / 0.875))
+    width, height = image.size
+    new = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+    image = image.resize(new, Image.BICUBIC)
+    top, left = int(round((new[1] - side) / 2.0)), int(round((new[0] - side) / 2.0))
+    return image.crop((left, top, left + side, top + side))
+
+
+def _read_rgb(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataIntegrityError(f"cannot read {path} ({type(err).__name__}: {err}): replace or remove it") from err
+
+
+class ImageFiles:
+    """Labelled image files for training (`augmented`: random resized crop and flip) and testing (`images`)."""
+
+    def __init__(self, paths: list[Path], labels, side: int, source: str, workers: int = 0):
+        self.paths, self.labels, self.side, self.source = list(paths), np.asarray(labels, np.int64), side, source
+        self.images = LazyImages(len(self.paths), side, self._test_image, workers)
+
+    def _test_image(self, position: int) -> np.ndarray:
+        return np.asarray(resize_centre_crop(_read_rgb(self.paths[position]), self.side), np.uint8)
+
+    def augmented(self, positions, rng: np.random.Generator) -> np.ndarray:
+        """Training images: ``RandomResizedCrop(side)`` and ``RandomHorizontalFlip()``, seeded by `rng`."""
+        seeds = rng.integers(0, 2**63, size=len(positions))
+
+        def one(item):
+            position, seed = item
+            draw = np.random.default_rng(int(seed))
+            image = np.asarray(random_resized_crop(_read_rgb(self.paths[position]), self.side, draw), np.uint8)
+            return image[:, ::-1] if draw.random() < 0.5 else image
+
+        return self.images.map(one, zip(np.asarray(positions).tolist(), seeds.tolist()))
+
+
+def _imagenet(split: str, train_root: str | None = None, val_root: str | None = None, img_size: int = 224,
+              n_train: int = 0, n_test: int = 0, workers: int = 0):
+    """ImageNet: training images from an ImageFolder tree, validation (= val and test) from `xaikit.data.imagenet`.
+
+    train_root: ``<root>/<synset>/<image>`` (torchvision ImageFolder layout; the sorted folder names are
+    the class indices, which for the 1,000 synset folders is the standard 0..999 order), default
+    ``$XAIKIT_IMAGENET_TRAIN``. val_root: the validation folder of `xaikit.data.imagenet.check_imagenet_val`
+    (default ``$XAIKIT_IMAGENET_VAL``). n_train / n_test: seeded samples (0: all).
+    """
+    from .data.imagenet import check_imagenet_val
+    from .errors import DataUnavailableError
+
+    if split == "train":
+        root = train_root or os.environ.get(IMAGENET_TRAIN_ENV)
+        if not root or not Path(root).expanduser().is_dir():
+            raise DataUnavailableError(
+                f"no ImageNet training folder at {root or '(none given)'}: pass data_kwargs train_root or set "
+                f"{IMAGENET_TRAIN_ENV} to the ILSVRC2012 train folder in ImageFolder layout (<root>/<synset>/*.JPEG)"
+            )
+        root = Path(root).expanduser()
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        paths, labels = [], []
+        for index, name in enumerate(classes):
+            files = sorted(f for f in (root / name).iterdir()
+                           if f.suffix.lower() in (".jpeg", ".jpg", ".png") and not f.name.startswith("."))
+            paths += files
+            labels += [index] * len(files)
+        source = f"ImageNet training images, ImageFolder {root} ({len(classes)} classes)"
+        n = n_train
+    else:
+        index = check_imagenet_val(val_root)
+        paths = [index.root / "images" / name for name in index.files]
+        labels = [index.labels_by_file[name] for name in index.files]
+        source = f"ImageNet validation images {index.root}"
+        n = n_test
+    if n and n < len(paths):
+        keep = np.sort(np.random.default_rng(0).choice(len(paths), n, replace=False))
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    return ImageFiles(paths, labels, img_size, source, workers)
+
+
+def stratified_split(labels, seed: int = 0, test: float = LIDC_SPLIT["test"], val_of_rest: float = 0.15) -> dict:
+    """Indices of a stratified train/val/test split: `test` of each class, then `val_of_rest` of the remainder.
+
+    The reference's two stratified ``train_test_split``s (0.15, then 0.15 of the rest) give
+    0.7225 / 0.1275 / 0.15 (`LIDC_SPLIT`). Counts per class are rounded; seeded, sorted indices.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "val": [], "test": []}
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        n_test = int(round(test * len(members)))
+        n_val = int(round(val_of_rest * (len(members) - n_test)))
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
+    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+class NoduleCrops:
+    """LIDC crops of one split: `images` the centre axial slices, `augmented` one random view per nodule.
+
+    Grey values are ``lidc.slices`` ([0, 1] from HU clamped to [-1000, 400]) quantised to uint8 and
+    repeated over 3 channels, the form every xaikit training set has.
+    """
+
+    def __init__(self, cubes: np.ndarray, labels, source: str, target_names=None):
+        from .data import lidc
+
+        self.cubes, self.labels, self.source = cubes, labels, source
+        if target_names is not None:
+            self.target_names = tuple(target_names)
+        self.images = np.stack([self._rgb(lidc.slices(cube, "centre")[0]) for cube in cubes]) if len(cubes) else \
+            np.zeros((0, cubes.shape[1], cubes.shape[1], 3), np.uint8)
+
+    @staticmethod
+    def _rgb(grey: np.ndarray) -> np.ndarray:
+        return np.repeat(np.rint(grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+    def augmented(self, positions, rng: np.random.Generator) -> np.ndarray:
+        """Training images: a random slice (14..18 of 32) of a random view, as the reference trains."""
+        from .data import lidc
+
+        return np.stack([self._rgb(lidc.slices(self.cubes[i], "random", rng)[rng.integers(3)])
+                         for i in np.asarray(positions).tolist()])
+
+
+def _lidc(split: str, crops: str | None = None, target: str = "malignancy", seed: int = 0):
+    """The LIDC cohort's crops (`xaikit.data.lidc.write_cohort_crops`), split stratified by malignancy (`LIDC_SPLIT`).
+
+    crops: the ``.npz`` (default ``$XAIKIT_LIDC_CROPS``), read with `read_cohort_crops` against
+    `select_cohort()`. target "malignancy" (0 benign, 1 malignant) or "biomarkers" (the annotators'
+    means, columns in the order of `xaikit.data.synthetic.LIDC_BIOMARKERS`). The split is the same
+    for both targets (stratified by malignancy, `seed`).
+    """
+    from .data import lidc
+    from .data.synthetic import LIDC_BIOMARKERS
+    from .errors import DataUnavailableError
+
+    if target not in ("malignancy", "biomarkers"):
+        raise InvalidParameterError(f"lidc: target must be 'malignancy' or 'biomarkers', got {target!r}")
+    if split not in LIDC_SPLIT:
+        raise InvalidParameterError(f"lidc: split must be one of {', '.join(LIDC_SPLIT)}, got {split!r}")
+    path = crops or os.environ.get(LIDC_CROPS_ENV)
+    if not path:
+        raise DataUnavailableError(
+            f"no LIDC crops file given: pass data_kwargs crops=PATH or set {LIDC_CROPS_ENV} to the .npz that "
+            "xaikit.data.lidc.write_cohort_crops(PATH) writes from the TCIA DICOMs"
+        )
+    cubes, rows = lidc.read_cohort_crops(Path(path).expanduser())
+    malignant = (rows["label"].to_numpy() == "malignant").astype(np.int64)
+    chosen = stratified_split(malignant, seed)[split]
+    if target == "malignancy":
+        labels, names = malignant[chosen], ("benign", "malignant")
+    else:
+        missing = [name for name in LIDC_BIOMARKERS if name not in rows.columns]
+        if missing:
+            raise DataIntegrityError(f"the LIDC cohort lacks biomarker column(s) {missing}; rebuild it with select_cohort()")
+        labels, names = rows[list(LIDC_BIOMARKERS)].to_numpy(np.float64)[chosen], LIDC_BIOMARKERS
+    return NoduleCrops(cubes[chosen], labels, f"LIDC-IDRI crops {path}, {split} split (seed {seed}) of {len(rows)}", names)
+
+
 #: data name -> function(split, **data_kwargs) returning an object with .images (N,H,W,3) uint8 and .labels
 #: ((N,) class indices; for regression recipes an (N, K) table, named by an optional .target_names)
-DATASETS: dict[str, Callable] = {"cifar10": _cifar10, "cifar100": _cifar100, "shapes": _shapes, "nodules": _nodules}
+#: A set may instead give .images as a `LazyImages` and train on .augmented(positions, rng) (uint8 batches at the
+#: model's size; the set owns its augmentation). Recipes with keep="best-val-loss" also read the split "val".
+DATASETS: dict[str, Callable] = {"cifar10": _cifar10, "cifar100": _cifar100, "shapes": _shapes, "nodules": _nodules,
+                                 "imagenet": _imagenet, "lidc": _lidc}
 
 
 def _vit_kwargs(embed_dim: int, depth: int, num_heads: int, mean, std, *, img_size: int = 32, patch_size: int = 4,
@@ -354,6 +636,79 @@ RECIPES: dict[str, TrainConfig] = {
 }
 
 
+DINO = "vit_small_patch8_224.dino"
+
+
+def _dino_kwargs(num_classes: int, **extra) -> dict:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    # ImageNet mean/std; crop_pct 0.875 bicubic: xaikit.preprocess then resizes as the validation transform.
+    return dict(num_classes=num_classes, **extra,
+                pretrained_cfg_overlay=dict(mean=list(IMAGENET_DEFAULT_MEAN), std=list(IMAGENET_DEFAULT_STD),
+                                            input_size=[3, 224, 224], crop_pct=0.875, interpolation="bicubic",
+                                            num_classes=num_classes))
+
+
+def linear_probe_recipe(train_root: str | os.PathLike | None = None, val_root: str | os.PathLike | None = None,
+                        **changes) -> TrainConfig:
+    """``cdam-dino-linear-probe`` (reference-spec §2.1): a 1,000-class linear head on frozen DINO ViT-S/8.
+
+    ``nn.Linear(384, 1000)`` on the CLS token after the final LayerNorm (timm's head of
+    ``vit_small_patch8_224``); training ``RandomResizedCrop(224)`` and ``RandomHorizontalFlip()``,
+    validation ``Resize(256, bicubic)`` + ``CenterCrop(224)``, ImageNet mean/std; Adam lr 3e-4,
+    constant, batch 128, 10 epochs, bfloat16 autocast; the weights of the epoch with the lowest
+    validation loss are kept. The validation images (`xaikit.data.imagenet`) serve as val and test
+    set, as in the paper (77.0 % top-1). train_root / val_root: default ``$XAIKIT_IMAGENET_TRAIN`` /
+    ``$XAIKIT_IMAGENET_VAL``. Writes ``vit_small_patch8_224.dino-in1k-probe.safetensors``, which loads with
+    ``xaikit.load_model("vit_small_patch8_224.dino", weights=FILE, num_classes=1000)``.
+    Other `TrainConfig` fields are replaced as given in `changes`.
+    """
+    data_kwargs = {key: str(Path(value).expanduser()) for key, value in
+                   (("train_root", train_root), ("val_root", val_root)) if value is not None}
+    config = TrainConfig(
+        name="cdam-dino-linear-probe", data="imagenet", architecture="vit_small_patch8_224", init=DINO,
+        output_name=f"{DINO}-in1k-probe", timm_kwargs=_dino_kwargs(1000), data_kwargs=data_kwargs,
+        frozen="backbone", optimizer="adam", schedule="constant", keep="best-val-loss",
+        epochs=10, batch_size=128, lr=3e-4, weight_decay=0.0, warmup_epochs=0.0, label_smoothing=0.0,
+        random_crop_padding=0, horizontal_flip=False,  # the data's own RandomResizedCrop and flip
+        monitor_size=2000, bf16_autocast=True,
+    )
+    return replace(config, **changes)
+
+
+LIDC_TARGETS = {"malignancy": ("classification", 2), "biomarkers": ("regression", 8)}
+
+
+def lidc_recipe(target: str = "malignancy", crops: str | os.PathLike | None = None, **changes) -> TrainConfig:
+    """``cdam-dino-lidc-<target>`` (reference-spec §2.10): DINO ViT-S/8 fine-tuned on the LIDC crops.
+
+    target "malignancy" (2 classes, cross-entropy) or "biomarkers" (the 8 of `LIDC_BIOMARKERS`,
+    standardised regression). crops: the ``write_cohort_crops`` file (default ``$XAIKIT_LIDC_CROPS``).
+    Split 0.7225 / 0.1275 / 0.15 stratified by malignancy (`stratified_split`); 50 epochs, Adam lr 3e-4
+    decayed by 0.95 per epoch, dropout 0.003 (timm ``drop_rate``); in training one random view at a
+    random slice 14..18, at test the centre axial slice, 32 x 32 upsampled bilinearly to 224 x 224;
+    all weights train (the paper's "50 trainable layers" is not defined further); the weights of the
+    epoch with the lowest validation loss are kept. Batch 32 is this project's choice (not published).
+    """
+    if target not in LIDC_TARGETS:
+        raise InvalidParameterError(f"target must be one of {', '.join(LIDC_TARGETS)}, got {target!r}")
+    task, outputs = LIDC_TARGETS[target]
+    data_kwargs = {"target": target, **({"crops": str(Path(crops).expanduser())} if crops is not None else {})}
+    config = TrainConfig(
+        name=f"cdam-dino-lidc-{target}", data="lidc", task=task, architecture="vit_small_patch8_224", init=DINO,
+        output_name=f"{DINO}-lidc-{target}", timm_kwargs=_dino_kwargs(outputs, drop_rate=0.003),
+        data_kwargs=data_kwargs, optimizer="adam", schedule="exponential", lr_decay=0.95, keep="best-val-loss",
+        epochs=50, batch_size=32, lr=3e-4, weight_decay=0.0, warmup_epochs=0.0, label_smoothing=0.0,
+        random_crop_padding=0, horizontal_flip=False, monitor_size=2000, bf16_autocast=True,
+    )
+    return replace(config, **changes)
+
+
+RECIPES["cdam-dino-linear-probe"] = linear_probe_recipe()
+RECIPES["cdam-dino-lidc-malignancy"] = lidc_recipe("malignancy")
+RECIPES["cdam-dino-lidc-biomarkers"] = lidc_recipe("biomarkers")
+
+
 FINETUNE_DATA = {"cifar10": 10, "cifar100": 100}
 
 
@@ -415,7 +770,7 @@ def classifier_keys(model: nn.Module) -> list[str]:
 
 
 def initialise(model: nn.Module, init: str, *, weights: str | os.PathLike | None = None,
-               timm_kwargs: dict | None = None) -> dict:
+               timm_kwargs: dict | None = None, reset_head: bool = False) -> dict:
     """Load the published weights `init` into `model` for fine-tuning; return what was done (for the card).
 
     The weights come from the local file `weights` when given, else from
@@ -451,7 +806,10 @@ def initialise(model: nn.Module, init: str, *, weights: str | os.PathLike | None
         state = filter_fn(state, model)
     target = model.state_dict()
     head = set(classifier_keys(model))
-    replaced = sorted(k for k in head if k in state and tuple(state[k].shape) != tuple(target[k].shape))
+    # reset_head (a linear probe): the head is trained afresh even when it has the model's shape.
+    replaced = sorted(k for k in head if k in state and (reset_head or tuple(state[k].shape) != tuple(target[k].shape)))
+    # Weights published without a head (a feature extractor such as DINO's) keep the fresh one too.
+    headless = sorted(k for k in head if k not in state)
     old_classes = int(state[replaced[0]].shape[0]) if replaced else None
     kept = {k: v for k, v in state.items() if k not in replaced}
     fix = f"Check that {source} holds weights of {init!r} (and that the recipe's architecture is that model's)."
@@ -459,7 +817,7 @@ def initialise(model: nn.Module, init: str, *, weights: str | os.PathLike | None
         missing, unexpected = model.load_state_dict(kept, strict=False)
     except RuntimeError as err:  # tensors of other shapes outside the head
         raise WeightsUnavailableError(f"{source} does not fit {type(model).__name__}: {err}\n{fix}") from err
-    missing = [k for k in missing if k not in replaced]
+    missing = [k for k in missing if k not in replaced and k not in headless]
     if missing or unexpected:
         raise WeightsUnavailableError(
             f"{source} does not fit {type(model).__name__}: missing {', '.join(missing[:5]) or 'none'}, "
@@ -470,9 +828,10 @@ def initialise(model: nn.Module, init: str, *, weights: str | os.PathLike | None
         "weights": init,
         "source": source,
         "copied_tensors": len(kept),
-        "reinitialised": replaced,
+        "reinitialised": replaced + headless,
         "head": (f"dropped ({', '.join(replaced)}: {old_classes} classes) and re-initialised for {new_classes} classes"
-                 if replaced else "kept"),
+                 if replaced else f"not in the weights; initialised for {int(getattr(model, 'num_classes', 0))} classes"
+                 if headless else "kept"),
     }
 
 
@@ -528,8 +887,13 @@ def describe_recipe(config: TrainConfig, data_size: int = 32) -> dict[str, str]:
              if config.random_crop_padding else [])
             + (["horizontal flip (p = 0.5)"] if config.horizontal_flip else [])
         ) or "none",
-        "optimiser": f"AdamW, lr {config.lr:g}, weight decay {config.weight_decay:g}, betas (0.9, 0.999)",
-        "schedule": f"linear warm-up over {config.warmup_epochs:g} {steps}, times a cosine decay from 1 to 0 over the run",
+        "optimiser": (f"Adam, lr {config.lr:g}, no weight decay, betas (0.9, 0.999)" if config.optimizer == "adam" else
+                      f"AdamW, lr {config.lr:g}, weight decay {config.weight_decay:g}, betas (0.9, 0.999)"),
+        "schedule": {"constant": "constant learning rate",
+                     "exponential": f"learning rate times {config.lr_decay:g} after every epoch"}.get(
+            config.schedule, f"linear warm-up over {config.warmup_epochs:g} {steps}, times a cosine decay from 1 to 0 over the run"),
+        **({"trained weights": "the classifier head only (backbone frozen, features under no_grad)"} if config.frozen else {}),
+        **({"checkpoint kept": "the epoch with the lowest validation loss"} if config.keep == "best-val-loss" else {}),
         "epochs": str(config.epochs),
         "batch size": str(config.batch_size),
         "loss": ("mean squared error on the targets standardised with the training set's mean and std"
@@ -737,6 +1101,52 @@ def load_data(config: TrainConfig):
     return train_set, test_set
 
 
+def load_validation(config: TrainConfig):
+    """The data's "val" split for recipes with ``keep="best-val-loss"`` (else None); an empty one is refused."""
+    if config.keep != "best-val-loss":
+        return None
+    val_set = DATASETS[config.data]("val", **config.data_kwargs)
+    if len(val_set.labels) == 0:
+        raise InvalidParameterError(f"recipe {config.name!r}: the validation set of {config.data!r} is empty; "
+                                    "keep='best-val-loss' needs validation images")
+    return val_set
+
+
+def freeze(model: nn.Module, config: TrainConfig) -> list[nn.Parameter]:
+    """The parameters the recipe trains; with ``frozen="backbone"`` only the head's (the rest get requires_grad False)."""
+    if config.frozen is None:
+        return list(model.parameters())
+    head = set(classifier_keys(model))
+    trained = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in head)
+        if name in head:
+            trained.append(parameter)
+    if not trained:
+        raise InvalidParameterError(f"recipe {config.name!r}: frozen='backbone' but the model has no classifier head to train")
+    return trained
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning-rate multiplier of each step for the recipe's ``schedule``."""
+    if config.schedule == "constant":
+        return lambda step: 1.0
+    if config.schedule == "exponential":
+        return lambda step: config.lr_decay ** (step // steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
+    return lambda step: (min(1.0, (step + 1) / warmup_steps)
+                         * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))))
+
+
+def validation_loss(model: nn.Module, val_set, standardised: np.ndarray | None = None) -> float:
+    """Mean cross-entropy (no label smoothing) on the validation set; with `standardised` targets the MSE."""
+    outputs = torch.from_numpy(predict(model, val_set.images)).double()
+    if standardised is not None:
+        return float(F.mse_loss(outputs, torch.from_numpy(np.asarray(standardised, np.float64))))
+    return float(F.cross_entropy(outputs, torch.from_numpy(np.asarray(val_set.labels, np.int64))))
+
+
 def train(
     config: TrainConfig,
     *,
@@ -795,25 +1205,27 @@ def train(
 
     # The starting weights first: offline, their absence is reported at once, before any data is read.
     model = build_model(config)
-    init = initialise(model, config.init, weights=init_weights, timm_kwargs=config.timm_kwargs) if config.init else None
+    init = (initialise(model, config.init, weights=init_weights, timm_kwargs=config.timm_kwargs,
+                       reset_head=config.frozen == "backbone") if config.init else None)
     model = model.to(device)
+    trained = freeze(model, config)
     train_set, test_set = load_data(config)
+    val_set = load_validation(config)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work_dir / f"{config.name}.ckpt.pt"
     monitor = np.random.default_rng(config.seed).permutation(len(test_set.labels))[: config.monitor_size]
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(trained, lr=config.lr)
+    else:
+        optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set.labels) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
-    warmup_steps = max(1, int(config.warmup_epochs * steps_per_epoch))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup_steps)
-        * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))),
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
     generator = torch.Generator().manual_seed(config.seed)
     state = {"step": 0, "train_seconds": 0.0, "history": []}
-    recipe_json = json.dumps(asdict(config), sort_keys=True)  # identifies the run a checkpoint belongs to
+    recipe_json = recipe_identity(config)  # identifies the run a checkpoint belongs to
+    best_weights: dict | None = None  # keep="best-val-loss": the weights of the best epoch so far (on the CPU)
 
     if checkpoint_path.exists():
         saved = _read_checkpoint(checkpoint_path, device, recipe_json)
@@ -823,6 +1235,8 @@ def train(
             schedule.load_state_dict(saved["schedule"])
             generator.set_state(saved["generator"])
             state = json.loads(saved["state"])
+            if config.keep == "best-val-loss" and "best_model" in saved:
+                best_weights = {k: v.cpu() for k, v in saved["best_model"].items()}
             if not isinstance(state, dict) or not {"step", "train_seconds", "history"} <= state.keys():
                 raise ValueError("its training state lacks step, train_seconds or history")
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
@@ -840,11 +1254,14 @@ def train(
             "generator": generator.get_state(),
             "state": json.dumps(state),
             "config": recipe_json,
+            **({"best_model": best_weights} if best_weights is not None else {}),
         }
         with atomic_write(checkpoint_path) as handle:  # never leave a half-written checkpoint
             torch.save(payload, handle)
 
-    images = torch.from_numpy(train_set.images)
+    # A set read from files (`LazyImages`) augments its own batches (`augmented`), read as they are needed.
+    images = torch.from_numpy(train_set.images) if isinstance(train_set.images, np.ndarray) else None
+    own_augmentation = hasattr(train_set, "augmented")
     regression = config.task == "regression"
     if regression:
         target_mean, target_std = target_standardisation(train_set.labels, config.name)
@@ -862,6 +1279,7 @@ def train(
             )
         labels = torch.from_numpy(standardise(train_set.labels, target_mean, target_std))
         test_targets = standardise(test_set.labels, target_mean, target_std)
+        val_targets = standardise(val_set.labels, target_mean, target_std) if val_set is not None else None
     else:
         class_indices = np.asarray(train_set.labels)
         # Casting a table or float targets to int64 would train on truncated numbers without a word.
@@ -878,14 +1296,25 @@ def train(
         epoch, position = divmod(state["step"], steps_per_epoch)
         # The epoch's order depends only on (seed, epoch), so a resumed run sees the same batches.
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        model.train()
+        # A frozen backbone stays in eval mode (no dropout, as at test); its head has no train-only layers.
+        model.train(config.frozen is None)
         epoch_loss, epoch_batches, started = 0.0, 0, time.monotonic()
         for batch_index in range(position, steps_per_epoch):
             idx = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
             # Augment at the data's size, then upsample to the model's input (a no-op when they agree).
-            x = resize_to_model(augment(to_inputs(images[idx].to(device), model, resize=False), config, generator), model)
+            if own_augmentation:  # seeded by (seed, step), so a resumed run draws the same crops
+                raw = torch.from_numpy(train_set.augmented(idx.numpy(), np.random.default_rng([config.seed, state["step"]])))
+                x = resize_to_model(to_inputs(raw.to(device), model, resize=False), model)
+            else:
+                # Augment at the data's size, then upsample to the model's input (a no-op when they agree).
+                x = resize_to_model(augment(to_inputs(images[idx].to(device), model, resize=False), config, generator), model)
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16_autocast):
-                logits = model(x)
+                if config.frozen == "backbone":  # features without a graph: only the head gets gradients
+                    with torch.no_grad():
+                        features = model.forward_head(model.forward_features(x), pre_logits=True)
+                    logits = model.get_classifier()(features)
+                else:
+                    logits = model(x)
             if regression:
                 loss = F.mse_loss(logits.float(), labels[idx].to(device))
             else:
@@ -917,10 +1346,17 @@ def train(
                 metric = "accuracy"
                 monitored = accuracy(model, test_set.images[monitor], np.asarray(test_set.labels)[monitor])
             train_loss = epoch_loss / max(1, epoch_batches)
-            state["history"].append(
-                {"epoch": epoch + 1, "train_loss": train_loss, f"monitor_{metric}": monitored,
-                 "train_seconds": round(state["train_seconds"], 1)}
-            )
+            entry = {"epoch": epoch + 1, "train_loss": train_loss, f"monitor_{metric}": monitored,
+                     "train_seconds": round(state["train_seconds"], 1)}
+            if val_set is not None:
+                entry["val_loss"] = validation_loss(model, val_set, val_targets if regression else None)
+                best = state.get("best")
+                if best is None or entry["val_loss"] < best["val_loss"]:
+                    state["best"] = {"epoch": epoch + 1, "val_loss": entry["val_loss"]}
+                    best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                log(f"epoch {epoch + 1}: validation loss {entry['val_loss']:.4f} on {len(val_set.labels)} images "
+                    f"(best: epoch {state['best']['epoch']})")
+            state["history"].append(entry)
             log(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f}, "
                 f"{metric} on {len(monitor)} test images {monitored:.3f}, {state['train_seconds']:.0f} s")
         save_checkpoint()
@@ -930,6 +1366,12 @@ def train(
 
     if state["step"] < 1:  # unreachable with epochs >= 1 and a non-empty training set; never card an untrained model
         raise TrainingError(f"{config.name}: no training step was run, so no weights or model card were written")
+    kept = None
+    if val_set is not None:
+        if best_weights is None:
+            raise TrainingError(f"{config.name}: no epoch was validated, so there is no best checkpoint to keep")
+        model.load_state_dict(best_weights)
+        kept = {"rule": "lowest validation loss", **state["best"], "val_images": len(val_set.labels)}
     if regression:
         metrics = _regression_metrics(model, test_set, test_targets, target_mean, target_std)
         threshold = mean_baseline_threshold(test_targets)
@@ -981,6 +1423,8 @@ def train(
         "device": device,
         "train_seconds": round(state["train_seconds"], 1),
         "parameters": sum(p.numel() for p in model.parameters()),
+        **({"trained_parameters": sum(p.numel() for p in trained), "frozen": config.frozen} if config.frozen else {}),
+        **({"kept": kept} if kept else {}),
         "history": state["history"],
         "torch": torch.__version__,
         "sha256": hashlib.sha256(weights).hexdigest(),
