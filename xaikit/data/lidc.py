@@ -751,19 +751,25 @@ def write_cohort_crops(path: str | os.PathLike, cohort: pd.DataFrame | None = No
     return Path(path)
 
 
-def read_cohort_crops(path: str | os.PathLike, cohort: pd.DataFrame | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+LIDC_CROPS_ENV = "XAIKIT_LIDC_CROPS"
+
+
+def read_cohort_crops(path: str | os.PathLike | None = None, cohort: pd.DataFrame | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """The crops of `write_cohort_crops` and the cohort rows they belong to, in the file's order.
 
+    path: the ``.npz`` file (default ``$XAIKIT_LIDC_CROPS``).
     Returns ``(cubes (N, n, n, n) float32 HU, rows)``; rows are those of `cohort` (default
     `select_cohort()`) matched by ``scan_index`` and ``nodule``. A crop whose nodule is not in the
     cohort is refused (a file made with other settings).
     """
-    path = Path(path)
-    if not path.is_file():
+    path = path or os.environ.get(LIDC_CROPS_ENV)
+    if not path or not Path(path).is_file():
         raise DataUnavailableError(
-            f"no LIDC crops file at {path}: write it once from the TCIA DICOMs with "
-            "xaikit.data.lidc.write_cohort_crops(path) (pylidc's config must name the DICOM folder)"
+            f"no LIDC crops file at {path or '(none given)'}: download the LIDC-IDRI CT scans from TCIA "
+            "(https://www.cancerimagingarchive.net/collection/lidc-idri/), name their folder in pylidc's config, "
+            f"write the file once with xaikit.data.lidc.write_cohort_crops(path), and pass it or set {LIDC_CROPS_ENV}"
         )
+    path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in CROPS_KEYS}
