@@ -195,7 +195,8 @@ def test_each_page_opens_with_a_run_banner(executed):
     for expected in (
         "**profile** smoke", "**model** demo-cifar10-vit", "**data** CIFAR-10 test, 6 images",
         f"**commit** {entry['commit'][:7] if entry['commit'] else 'unknown'}", f"**device** {entry['device']}",
-        f"**wall time** {entry['wall_seconds']:.1f} s", f"**date** {entry['finished_at'][:10]}", "**source** `", "01_ok.ipynb`",
+        f"**wall time** {entry['wall_seconds']:.1f} s", f"**date** {entry['finished_at'][:10]}",
+        '**source** <a href="../_notebooks/demo/01_ok.ipynb"><code>', "01_ok.ipynb</code></a>",
         f"re-run: `xaikit run --profile smoke --only demo/01_ok --output-dir {out.resolve()} --force`",
     ):
         assert expected in text
@@ -385,3 +386,21 @@ def test_build_refuses_a_book_with_missing_failed_or_mixed_notebooks(tmp_path, f
     with (out / "_toc.yml").open("a") as toc:
         toc.write("  - file: demo/05_by_hand\n")
     assert book_problems(out) == [f"demo/05_by_hand: not executed by `xaikit run` (no entry in {out / '_run'}/runs-*.json)"]
+
+
+def test_the_rendered_book_holds_every_source_notebook_the_banners_link_to(tmp_path, monkeypatch):
+    import xaikit.cli as cli
+    import xaikit.runner as runner
+
+    notebooks = tmp_path / "notebooks"
+    (notebooks / "demo").mkdir(parents=True)
+    (notebooks / "demo" / "01_ok.ipynb").write_text('{"cells": []}')
+    html = tmp_path / "html"
+    (html / "_static").mkdir(parents=True)
+    (html / "_static" / "favicon.png").write_bytes(b"png")
+    monkeypatch.setattr(runner, "NOTEBOOKS", notebooks)
+    cli.finish_html(html)
+    link = runner.source_link("demo/01_ok", "notebooks/demo/01_ok.ipynb")
+    href = link.split('"')[1]
+    assert (html / "demo" / href).resolve() == (html / "_notebooks" / "demo" / "01_ok.ipynb").resolve()
+    assert (html / "_notebooks" / "demo" / "01_ok.ipynb").read_text() == '{"cells": []}'

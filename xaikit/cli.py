@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def finish_html(html: Path) -> None:
-    """Make the built HTML self-contained: MathJax (from the jupyter-server-mathjax wheel) and a favicon.
+    """Make the built HTML self-contained: MathJax (from the jupyter-server-mathjax wheel), a favicon, and a
+    copy of every source notebook (under ``_notebooks/``, where the run banners link).
 
     MathJax goes into the output, not the book's own _static, where Jupyter Book
     would add every .js file to every page. Browsers ask the site root for
@@ -26,6 +27,13 @@ def finish_html(html: Path) -> None:
     """
     import jupyter_server_mathjax
 
+    from .runner import NOTEBOOKS, SOURCE_COPIES
+
+    # the run banners link each page to its source notebook (the unexecuted one the page was run from)
+    for notebook in NOTEBOOKS.glob("*/*.ipynb"):
+        copy = html / SOURCE_COPIES / notebook.relative_to(NOTEBOOKS)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(notebook, copy)
     target = html / "_static" / "mathjax"
     if not (target / "MathJax.js").is_file():
         shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", target, dirs_exist_ok=True)

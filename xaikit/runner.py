@@ -290,6 +290,16 @@ def rerun_command(name: str, profile: str, parameters: dict, output_dir: Path) -
     return " ".join(shlex.quote(word) for word in words + ["--force"])
 
 
+#: folder of the rendered book holding a copy of every source notebook (`xaikit build` writes it)
+SOURCE_COPIES = "_notebooks"
+
+
+def source_link(name: str, shown: str) -> str:
+    """An HTML link from page `name` (``chapter/notebook``) to its source notebook's copy in the rendered book."""
+    href = "../" * name.count("/") + f"{SOURCE_COPIES}/{name}.ipynb"
+    return f'<a href="{href}"><code>{shown}</code></a>'
+
+
 def banner_markdown(entry: dict, source_notebook: Path, output_dir: Path) -> str:
     """The run banner: a MyST admonition saying how this page was made and how to make it again."""
     fields = [f"**profile** {entry['profile']}"]
@@ -306,7 +316,7 @@ def banner_markdown(entry: dict, source_notebook: Path, output_dir: Path) -> str
         f"**device** {entry['device']}",
         f"**wall time** {entry['wall_seconds']:.1f} s",
         f"**date** {entry['finished_at'][:10]}",
-        f"**source** `{_display_path(source_notebook)}`",
+        f"**source** {source_link(entry['notebook'], _display_path(source_notebook))}",
         f"re-run: `{rerun_command(entry['notebook'], entry['profile'], entry['parameters'], output_dir)}`",
     ]
     return "```{admonition} Run record\n:class: note\n" + " · ".join(fields) + "\n```"
