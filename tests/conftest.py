@@ -85,3 +85,19 @@ def small_vit(kind: str = "plain", **overrides) -> nn.Module:
 
 
 SMALL_VIT_KINDS = ("plain", "deit_distilled", "registers", "non_square")
+
+
+def quiet(_message: str) -> None:
+    """A training log that prints nothing."""
+
+
+@pytest.fixture
+def isolated_training(tmp_path, monkeypatch):
+    """Own cache, weights folder and (unreachable) hub; one torch thread, as tests share the CPU."""
+    monkeypatch.setenv("XAIKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("XAIKIT_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -39,24 +39,14 @@ from xaikit.train import (
     trained_dir,
 )
 
+from conftest import quiet
+
 TINY_DEIT = "deit_tiny_patch16_224.fb_in1k"
 SMALL = {"depth": 1}  # timm kwargs that keep the stand-in DeiT small
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Own cache, weights folder and (unreachable) hub; one torch thread, as tests share the CPU."""
-    monkeypatch.setenv("XAIKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("XAIKIT_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated_training")
 
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def imagenet_stand_in(path, **kwargs):

@@ -24,22 +24,13 @@ from xaikit.data.synthetic import LIDC_BIOMARKERS
 from xaikit.errors import InvalidParameterError
 from xaikit.train import LIDC_SPLIT, TrainConfig, lidc_recipe, linear_probe_recipe, stratified_split, train
 
+from conftest import quiet
+
 TINY = dict(img_size=32, depth=1, embed_dim=32, num_heads=2)  # overrides vit_small_patch8_224's size
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("XAIKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("XAIKIT_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated_training")
 
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def dino_stand_in(tmp_path):

@@ -36,6 +36,8 @@ from xaikit.train import (
     train,
 )
 
+from conftest import quiet
+
 CLASSIFIER, REGRESSOR = "demo-nodules-vit", "demo-nodules-biomarkers-vit"
 SAMPLE = 400  # held-out nodules re-measured here (the cards measured 2,000 of the same stream)
 
@@ -283,9 +285,6 @@ def glow_data(tmp_path, monkeypatch):
     monkeypatch.setitem(training.DATASETS, "glow", glow)
     monkeypatch.setenv("XAIKIT_CACHE_DIR", str(tmp_path / "cache"))
 
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def test_a_regression_recipe_writes_standardisation_and_errors_to_its_card(glow_data, tmp_path, one_thread):

@@ -28,6 +28,8 @@ from xaikit.train import (
     training_dir,
 )
 
+from conftest import quiet
+
 
 def colours(split: str, n_train: int = 128, n_test: int = 64, informative: bool = True):
     """Ten classes, each a flat colour plus pixel noise: a tiny ViT learns it in a few steps.
@@ -72,9 +74,6 @@ def umask(request):
     finally:
         os.umask(previous)
 
-
-def quiet(_message: str) -> None:
-    pass
 
 
 def file_digests(folder) -> dict[str, tuple[str, int]]:
