@@ -16,7 +16,7 @@ import torch
 
 from .errors import InvalidParameterError
 from .methods.base import eval_mode
-from .targets import FeatureTarget, scoring_features
+from .targets import FeatureTarget, heads_replaced
 
 SIMILARITIES = ("dot", "cosine", "neg_l2")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -75,7 +75,7 @@ def concept_features(model: torch.nn.Module, images: torch.Tensor, batch_size: i
     """Pre-logits features (n, D) of normalised images (n, 3, H, W), in eval mode, without gradients."""
     param = next(model.parameters())
     outputs = []
-    with eval_mode(model), scoring_features(model, ConceptTarget(param.new_zeros(1))), torch.no_grad():
+    with eval_mode(model), heads_replaced(model), torch.no_grad():
         for start in range(0, len(images), batch_size):
             outputs.append(model(images[start : start + batch_size].to(device=param.device, dtype=param.dtype)))
     return torch.cat(outputs)

@@ -139,10 +139,10 @@ _HEADS = ("head", "head_dist")
 
 
 @contextmanager
-def scoring_features(model: torch.nn.Module, targets: Target) -> Iterator[None]:
-    """With a `FeatureTarget`, run `model` with its heads replaced by the identity (restored on exit,
-    also after an exception); with any other target, do nothing. Re-entrant."""
-    if not isinstance(targets, FeatureTarget) or getattr(model, "_xaikit_scoring_features", False):
+def heads_replaced(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` with its classifier head (and DeiT's distillation head) replaced by the identity, so it
+    returns its pre-logits features; the heads are restored on exit, also after an exception. Re-entrant."""
+    if getattr(model, "_xaikit_scoring_features", False):
         yield
         return
     saved = {name: getattr(model, name) for name in _HEADS if isinstance(getattr(model, name, None), torch.nn.Module)}
@@ -155,3 +155,13 @@ def scoring_features(model: torch.nn.Module, targets: Target) -> Iterator[None]:
         for name, head in saved.items():
             setattr(model, name, head)
         del model._xaikit_scoring_features
+
+
+@contextmanager
+def scoring_features(model: torch.nn.Module, targets: Target) -> Iterator[None]:
+    """`heads_replaced` when `targets` is a `FeatureTarget`; with any other target, nothing."""
+    if not isinstance(targets, FeatureTarget):
+        yield
+        return
+    with heads_replaced(model):
+        yield
