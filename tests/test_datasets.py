@@ -256,9 +256,10 @@ def test_fetch_real_downloader_reports_unreachable_host(tmp_path):
 
 
 def test_safe_extract_tar_and_zip(tmp_path):
-    tar_path = write_tar(tmp_path / "ok.tar.gz", [("top/a.txt", b"A"), link_entry("top/link", "a.txt")])
+    tar_path = write_tar(tmp_path / "ok.tar.gz", [("top/a.txt", b"A"), ("top/b.txt", b"B")])
     assert safe_extract(tar_path, tmp_path / "from_tar") == tmp_path / "from_tar"
-    assert (tmp_path / "from_tar/top/link").read_bytes() == b"A"
+    assert (tmp_path / "from_tar/top/a.txt").read_bytes() == b"A"
+    assert (tmp_path / "from_tar/top/b.txt").read_bytes() == b"B"
 
     zip_path = tmp_path / "ok.zip"
     with zipfile.ZipFile(zip_path, "w") as zf:

