@@ -14,6 +14,10 @@ def _check(maps: torch.Tensor, masks: torch.Tensor) -> None:
         raise InvalidParameterError(
             f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ: upsample the maps to the mask size first"
         )
+    if maps.ndim < 2 or 0 in maps.shape[1:]:
+        raise InvalidParameterError(
+            f"maps and masks {tuple(maps.shape)} must be batches (B, H, W) with pixels; add a batch axis with maps[None]"
+        )
 
 
 def mass_inside(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -44,6 +48,14 @@ def _segmentation_inputs(maps, masks, upsample_mode: str) -> tuple[torch.Tensor,
         )
     if maps.shape[0] != masks.shape[0]:
         raise InvalidParameterError(f"{maps.shape[0]} maps but {masks.shape[0]} masks: give one mask per map")
+    if maps.shape[0] == 0:
+        raise InvalidParameterError(
+            "maps and masks are empty batches: there are no images to score; give at least one map and its mask"
+        )
+    if 0 in maps.shape or 0 in masks.shape:
+        raise InvalidParameterError(
+            f"maps {tuple(maps.shape)} or masks {tuple(masks.shape)} have no pixels: give maps and masks of at least one pixel"
+        )
     if masks.dtype.is_floating_point or masks.dtype.is_complex:
         raise InvalidParameterError(f"masks must be integer or bool (0 = background, 1 = foreground); got {masks.dtype}")
     if bool(((masks != 0) & (masks != 1)).any()):
@@ -143,7 +155,8 @@ AUC_CONVENTIONS = ("trapezoid", "trapezoid_start_at_one", "mean")
 def perturbation_auc(fractions, curves: torch.Tensor, convention: str = "trapezoid") -> torch.Tensor:
     """Area under perturbation curves, one per row of `curves` (..., S), in percent units.
 
-    `fractions` (S,) are the removed shares of the image, increasing.
+    `fractions` (S,) are the removed shares of the image, strictly increasing (at least two
+    for the trapezoid conventions: the trapezoid over one point is 0).
 
     - ``"trapezoid"`` (default): ``sklearn.metrics.auc(fractions, curve) * 100``,
       the trapezoidal rule over the fractions; with the default steps
@@ -156,8 +169,22 @@ def perturbation_auc(fractions, curves: torch.Tensor, convention: str = "trapezo
         raise InvalidParameterError(f"unknown AUC convention {convention!r}; valid ones are {', '.join(AUC_CONVENTIONS)}")
     x = torch.as_tensor(fractions, dtype=torch.float64)
     y = torch.as_tensor(curves).to(torch.float64)
-    if x.ndim != 1 or y.shape[-1:] != x.shape:
+    if x.ndim != 1:
+        raise InvalidParameterError(f"fractions must be a sequence with one share per step; got shape {tuple(x.shape)}")
+    if y.shape[-1:] != x.shape:
         raise InvalidParameterError(f"curves {tuple(y.shape)} must end with one value per fraction ({x.shape[0]})")
+    if not bool(torch.isfinite(x).all()) or bool((x[1:] <= x[:-1]).any()):
+        raise InvalidParameterError(
+            f"fractions must be finite and strictly increasing (the x-axis of the curves); got {x.tolist()}: give "
+            "them in the order the pixels were removed, with the curves' values in the same order"
+        )
+    if convention == "mean" and x.numel() == 0:
+        raise InvalidParameterError("fractions is empty: give the shares of pixels removed at each step")
+    if convention != "mean" and x.numel() < 2:
+        # the trapezoid over one point is 0, whatever the curve
+        raise InvalidParameterError(
+            f"fractions {x.tolist()} make no curve: give at least two steps for the {convention!r} AUC, or use convention 'mean'"
+        )
     if convention == "mean":
         return y.mean(-1) * 100
     if convention == "trapezoid_start_at_one":
@@ -168,6 +195,21 @@ def perturbation_auc(fractions, curves: torch.Tensor, convention: str = "trapezo
     return torch.trapezoid(y, x, dim=-1) * 100
 
 
+def _check_steps(clean_name: str, clean, perturbed_name: str, perturbed) -> tuple[torch.Tensor, torch.Tensor]:
+    """One value per image (B,) and one row of K >= 1 perturbation steps per image (B, K)."""
+    clean, perturbed = torch.as_tensor(clean), torch.as_tensor(perturbed)
+    if clean.ndim != 1 or perturbed.ndim != 2 or perturbed.shape[0] != clean.shape[0]:
+        raise InvalidParameterError(
+            f"{clean_name} {tuple(clean.shape)} and {perturbed_name} {tuple(perturbed.shape)} do not match: give one "
+            "value per image (B,) and one row per image with one value per perturbation step (B, K)"
+        )
+    if perturbed.shape[1] == 0:
+        raise InvalidParameterError(
+            f"{perturbed_name} {tuple(perturbed.shape)} holds no perturbation steps: give at least one step per image"
+        )
+    return clean, perturbed
+
+
 def aopc(clean_probability: torch.Tensor, perturbed_probability: torch.Tensor) -> torch.Tensor:
     """Per image, the area over the perturbation curve: mean over steps of p(x) - p(x_k) (B,).
 
@@ -176,6 +218,9 @@ def aopc(clean_probability: torch.Tensor, perturbed_probability: torch.Tensor) -
     after each perturbation step (steps that remove nothing left out). Higher is better
     for a positive-order test.
     """
+    clean_probability, perturbed_probability = _check_steps(
+        "clean_probability", clean_probability, "perturbed_probability", perturbed_probability
+    )
     return (clean_probability[:, None] - perturbed_probability).mean(1)
 
 
@@ -184,6 +229,9 @@ def lodds(clean_log_probability: torch.Tensor, perturbed_log_probability: torch.
 
     Takes log-probabilities (log_softmax) so that a probability that underflows to 0 stays finite.
     """
+    clean_log_probability, perturbed_log_probability = _check_steps(
+        "clean_log_probability", clean_log_probability, "perturbed_log_probability", perturbed_log_probability
+    )
     return (perturbed_log_probability - clean_log_probability[:, None]).mean(1)
 
 
@@ -201,6 +249,8 @@ def compactness(maps, threshold: float = 0.05) -> torch.Tensor:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)) or not 0 <= threshold <= 1:
         raise InvalidParameterError(f"threshold must be a fraction of the map's maximum in [0, 1]; got {threshold!r}")
     flat = maps.flatten(1)
+    if flat.shape[1] == 0:
+        raise InvalidParameterError(f"maps {tuple(maps.shape)} hold no scores: give at least one score per image")
     if not bool(torch.isfinite(flat).all()):
         raise InvalidParameterError("maps contain NaN or infinite scores; compactness is undefined for them")
     bound = float(threshold) * flat.amax(dim=1, keepdim=True)

@@ -404,6 +404,7 @@ class BoxSensitivity(_BlurredProtocol):
     Settings (defaults and why; the paper gives none of them):
 
     - `sizes` = 8, 16, ..., 112: box sides in pixels at `reference_size` (224),
+      at least two and distinct after scaling (A_box is an area over them),
       scaled to the images and rounded; from one ViT-S/8 patch to half the image
       side (larger boxes have few distinct positions). On this x-axis A_box is at
       most 46.4; the paper's values (up to about 13) would be a mean r of about
@@ -451,6 +452,8 @@ class BoxSensitivity(_BlurredProtocol):
             )
         if any(b <= a for a, b in zip(sizes, sizes[1:])):
             raise InvalidParameterError(f"sizes must be strictly increasing (the x-axis of A_box); got {sizes}")
+        if len(sizes) < 2:
+            raise InvalidParameterError(f"sizes {sizes} make no curve: give at least two box sizes")
         self.sizes = sizes
         self.n_boxes = _positive_int("n_boxes (a correlation needs at least 3 boxes)", n_boxes, 3)
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -473,6 +476,12 @@ class BoxSensitivity(_BlurredProtocol):
     def _run(self, images, classes, clean_logits, pixel_maps, replacement) -> BoxSensitivityResult:
         batch, _, height, width = images.shape
         sizes = self.pixel_sizes(height, width)
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            # sizes that round to one side are segments of zero width in A_box (all of them: A_box = 0)
+            raise InvalidParameterError(
+                f"sizes {self.sizes} give repeated box sides {sizes} on {height}x{width} images: use fewer sizes, "
+                f"or a smaller reference_size (the sizes are in pixels at reference_size {self.reference_size})"
+            )
         schedule = BoxSchedule(sizes, self.n_boxes, seed=self.seed)
         # the engine binds the same schedule to the same batch: these are the boxes it blurs
         boxes = schedule.bind(None, batch, (height, width), images.device).boxes

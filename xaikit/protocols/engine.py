@@ -26,8 +26,15 @@ Conventions, stated once:
 - Results are cached by content: an image whose pixels, map, schedule,
   replacement and readout classes were seen before (class-independent maps
   explained for two classes, or a prediction that equals the label) is not
-  forwarded again. The cache is emptied when the model's parameters change in
-  place or its train/eval mode changes.
+  forwarded again. The cache is emptied when the content of the model's
+  parameters or buffers changes (however it was edited: optimiser steps,
+  ``p.data`` writes, `load_state_dict`) or any submodule's train/eval mode
+  changes. Only an ``nn.Module`` is cached: the weights behind another
+  callable (a function wrapping a module) cannot be seen, so its every copy
+  is forwarded.
+- Logits that are NaN or infinite are an error naming the images and steps
+  that gave them: a NaN row's top-1 class is 0, so every score read from it
+  would be a number without meaning.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Mapping, Sequence, Union
 
 import torch
@@ -225,6 +233,8 @@ class MaskSchedule(Schedule):
         if not isinstance(masks, torch.Tensor) or masks.ndim not in (3, 4):
             shape = tuple(masks.shape) if hasattr(masks, "shape") else type(masks).__name__
             raise InvalidParameterError(f"masks must be a bool tensor (S, H, W) or (B, S, H, W); got {shape}")
+        if masks.shape[-3] == 0:
+            raise InvalidParameterError(f"masks {tuple(masks.shape)} hold no steps: give at least one mask per image")
         self.masks = masks.bool()
 
     def bind(self, maps, batch, size, device):
@@ -363,6 +373,80 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     return repr((str(tensor.dtype), tuple(tensor.shape))).encode() + tensor.detach().contiguous().cpu().numpy().tobytes()
 
 
+# The model's weights are hashed where they lie, once per engine call: on a GPU that takes
+# milliseconds, where copying a ViT-B's 344 MB to the CPU and hashing them with blake2b takes
+# about 1.5 s (either way takes about as long on one CPU core).
+_BITS_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_HASH_BLOCK = 1 << 16
+
+
+def _as_int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _odd_weights(start: int, count: int, device: torch.device) -> torch.Tensor:
+    """Odd pseudo-random int64 weights: splitmix64 of the positions start, ..., start + count - 1."""
+
+    def shifted(z: torch.Tensor, bits: int) -> torch.Tensor:  # a logical shift: torch shifts int64 arithmetically
+        return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+    z = torch.arange(start + 1, start + count + 1, device=device, dtype=torch.int64) * _as_int64(0x9E3779B97F4A7C15)
+    z = (z ^ shifted(z, 30)) * _as_int64(0xBF58476D1CE4E5B9)
+    z = (z ^ shifted(z, 27)) * _as_int64(0x94D049BB133111EB)
+    return (z ^ shifted(z, 31)) | 1
+
+
+@lru_cache(maxsize=8)
+def _block_weights(device: torch.device) -> torch.Tensor:
+    return _odd_weights(0, _HASH_BLOCK, device)
+
+
+def _content_hash(tensor: torch.Tensor) -> torch.Tensor:
+    """A 64-bit hash of a tensor's bits, computed on its device (a 0-dim int64 tensor).
+
+    The sum of the bits of each element times an odd pseudo-random weight,
+    modulo 2**64 (int64 arithmetic wraps): changing any one element always
+    changes it, and changes of several elements that do not depend on the
+    weights cancel with a chance of at most about 2**-32.
+    """
+    bits = tensor.detach()
+    if bits.is_complex():
+        bits = torch.view_as_real(bits)
+    bits = bits.reshape(-1).view(_BITS_OF_SIZE[bits.element_size()]).to(torch.int64)
+    weights = _block_weights(bits.device)
+    full = bits.numel() - bits.numel() % _HASH_BLOCK
+    tail = bits[full:]
+    block_sums = torch.cat([
+        (bits[:full].view(-1, _HASH_BLOCK) * weights).sum(1),
+        (tail * weights[: tail.numel()]).sum().view(1),
+    ])
+    return (block_sums * _odd_weights(_HASH_BLOCK, block_sums.numel(), bits.device)).sum()
+
+
+def _listing(values: Sequence[int]) -> str:
+    return ", ".join(map(str, values[:10])) + (f" (+{len(values) - 10} more)" if len(values) > 10 else "")
+
+
+def _nonfinite_error(images: Sequence[int], steps: Sequence[int] | None) -> InvalidParameterError:
+    """The error for NaN or infinite logits of these images (at these steps of the schedule; None: unperturbed)."""
+    if steps is None:
+        where = f"image{'s' if len(images) > 1 else ''} {_listing(images)} unperturbed"
+    else:
+        steps_of: dict[int, list[int]] = {}
+        for image, step in zip(images, steps):
+            steps_of.setdefault(image, []).append(step)
+        where = " and ".join(
+            f"image {image} at step{'s' if len(found) > 1 else ''} {_listing(found)}"
+            for image, found in list(steps_of.items())[:10]
+        ) + (f" (+{len(steps_of) - 10} more images)" if len(steps_of) > 10 else "")
+    counted = "" if steps is None else " (steps of the schedule counted from 0)"
+    return InvalidParameterError(
+        f"the model returned NaN or infinite logits for {where}{counted}; no score can be read from them (a NaN "
+        "row's top-1 class is 0). Check the model's weights and dtype (float16 overflows above 65504) and the "
+        "images and replacement for NaN or infinite pixels"
+    )
+
+
 class PerturbationEngine:
     """Forward perturbed copies of images in large batches and keep chosen readouts.
 
@@ -372,7 +456,11 @@ class PerturbationEngine:
     (C values each), needed for constant replacements given in [0, 1] image
     space; for a timm model they default to its data config. `batch_size`
     copies are forwarded at a time. Results of up to `cache_size` images are
-    kept (least recently used dropped first); 0 turns the cache off.
+    kept (least recently used dropped first) while the content of the model's
+    parameters and buffers stays the same; 0 turns the cache off, and so does
+    a model that is not an nn.Module (its weights cannot be seen). Attributes
+    that are not tensors are not seen either: call `clear_cache` after
+    changing one that changes the outputs. NaN or infinite logits are an error.
     """
 
     def __init__(
@@ -422,12 +510,20 @@ class PerturbationEngine:
                 return param.device, param.dtype
         return images.device, images.dtype
 
+    @property
+    def caching(self) -> bool:
+        """Whether results are cached: a cache size above 0 and a model whose weights the engine can see."""
+        return self.cache_size > 0 and isinstance(self.model, nn.Module)
+
     def _model_fingerprint(self):
-        if not isinstance(self.model, nn.Module):
-            return (id(self.model),)
+        # The content, not the tensors' version counters: a write through `p.data` bumps no counter.
         tensors = list(self.model.parameters()) + list(self.model.buffers())
-        # In-place updates (optimiser steps, load_state_dict) bump a tensor's version counter.
-        return (id(self.model), self.model.training, tuple((id(t), t._version) for t in tensors))
+        hashes = [_content_hash(t) for t in tensors]  # queued on the device, then read at once
+        return (
+            id(self.model),
+            tuple(m.training for m in self.model.modules()),
+            tuple((t.dtype, tuple(t.shape), t.device, int(h)) for t, h in zip(tensors, hashes)),
+        )
 
     def clear_cache(self) -> None:
         self._store.clear()
@@ -439,7 +535,7 @@ class PerturbationEngine:
                 f"images must be normalised float images (B, C, H, W) (see xaikit.preprocess); got {shape}"
             )
         if images.shape[0] == 0:
-            raise InvalidParameterError("images is an empty batch")
+            raise InvalidParameterError("images is an empty batch: there are no images to score; give at least one image")
         if isinstance(self.model, nn.Module) and self.model.training:
             raise InvalidParameterError("the model is in training mode (dropout would perturb its outputs): call model.eval()")
         device, dtype = self._placement(images)
@@ -525,8 +621,16 @@ class PerturbationEngine:
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of unperturbed images, forwarded in chunks of `batch_size` without gradients."""
         images = self._check_images(images)
+        return self._forward_clean(images, list(range(len(images))))
+
+    def _forward_clean(self, images: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        """Logits of checked images; `indices` are their positions in the caller's batch, for the error."""
         with torch.no_grad():
-            return torch.cat([self._forward(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)])
+            logits = torch.cat([self._forward(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)])
+        nonfinite = (~torch.isfinite(logits).all(1)).nonzero().flatten().tolist()
+        if nonfinite:
+            raise _nonfinite_error([indices[i] for i in nonfinite], None)
+        return logits
 
     # -- running -----------------------------------------------------------------------------
     def run(
@@ -574,7 +678,7 @@ class PerturbationEngine:
                 self._check_classes_range(classes, clean_logits.shape[1])
 
             keys = None
-            if self.cache_size:
+            if self.caching:
                 keys = self._keys(image_keys, maps if schedule.needs_maps else None, bound, replacement_key, readouts, classes)
             todo, first_of = self._to_compute(keys, batch)
             computed = {}
@@ -602,13 +706,15 @@ class PerturbationEngine:
             return self._clean_logits(images, self._image_keys(images))
 
     def _sync_cache(self) -> None:
+        if not self.caching:
+            return
         fingerprint = self._model_fingerprint()
         if fingerprint != self._fingerprint:
             self._store.clear()
             self._fingerprint = fingerprint
 
     def _image_keys(self, images: torch.Tensor) -> list[bytes] | None:
-        if not self.cache_size:
+        if not self.caching:
             return None
         on_cpu = images.detach().cpu()  # one transfer, not one per image
         return [_hash(_tensor_bytes(image)) for image in on_cpu]
@@ -616,11 +722,11 @@ class PerturbationEngine:
     def _clean_logits(self, images: torch.Tensor, image_keys: list[bytes] | None) -> torch.Tensor:
         """Logits of the unperturbed images, forwarding only those not seen before."""
         if image_keys is None:
-            return self.forward(images)
+            return self._forward_clean(images, list(range(len(images))))
         known = {key: self._recall(("clean", key)) for key in image_keys}
         missing = {key: i for i, key in enumerate(image_keys) if known[key] is None}  # first occurrence of each
         if missing:
-            logits = self.forward(images[list(missing.values())])
+            logits = self._forward_clean(images[list(missing.values())], list(missing.values()))
             for position, key in enumerate(missing):
                 known[key] = {"logits": logits[position].clone()}
                 self._remember(("clean", key), known[key])
@@ -695,6 +801,7 @@ class PerturbationEngine:
         pairs = (~clean_rows).nonzero()  # (P, 2): row in todo, step
         per_image = replacement.shape[0] > 1
         results: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros(clean_rows.shape, dtype=torch.bool, device=device)  # read once, after the loop
 
         def store(name: str, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
             if name not in results:
@@ -709,8 +816,12 @@ class PerturbationEngine:
             logits = self._forward(torch.where(masks, fill, images[image_index]))
             if start == 0:
                 self._check_classes_range(classes, logits.shape[1])
+            nonfinite[rows, cols] = ~torch.isfinite(logits).all(1)
             for name, readout in readouts.items():
                 store(name, rows, cols, readout.apply(logits, None if classes[name] is None else classes[name][image_index]))
+        if bool(nonfinite.any()):
+            rows, steps = nonfinite.nonzero().cpu().unbind(1)
+            raise _nonfinite_error(todo.cpu()[rows].tolist(), steps.tolist())
         if bool(clean_rows.any()):
             # the copy that replaces nothing is the image itself: read it from the clean forward
             rows, cols = clean_rows.nonzero().unbind(1)

@@ -134,6 +134,10 @@ class Perturbation:
             raise InvalidParameterError(f"unknown AUC convention {auc!r}; valid ones are {', '.join(AUC_CONVENTIONS)}")
         if auc == "trapezoid_start_at_one" and self.fractions[0] != 0.0:
             raise InvalidParameterError("the 'trapezoid_start_at_one' convention needs fraction 0 as the first step")
+        if auc != "mean" and len(self.fractions) < 2:
+            raise InvalidParameterError(
+                f"fractions {self.fractions} make no curve: give at least two steps for the {auc!r} AUC, or use auc='mean'"
+            )
         if engine is None:
             engine = PerturbationEngine(model, batch_size=batch_size, mean=mean, std=std, upsample_mode=upsample_mode)
         elif engine.model is not model:

@@ -66,6 +66,13 @@ def pool_segmentation(stats: Mapping[str, torch.Tensor] | Sequence[Mapping[str, 
             raise InvalidParameterError(f"statistics lack {', '.join(missing)}; make them with xaikit.metrics.segmentation_stats")
     common = [k for k in parts[0] if all(k in part for part in parts)]
     merged = {k: torch.cat([torch.as_tensor(part[k]).cpu() for part in parts]) for k in common}
+    rows = {k: len(merged[k]) for k in STAT_KEYS}
+    if len(set(rows.values())) > 1:
+        raise InvalidParameterError(
+            f"statistics of different numbers of images {rows}: pool the dicts segmentation_stats returns, unedited"
+        )
+    if not rows["correct"]:
+        raise InvalidParameterError("the statistics hold no images: there is nothing to score; score at least one map")
     correct = merged["correct"].numpy().astype(np.int64)
     labeled = merged["labeled"].numpy().astype(np.int64)
     inter = merged["intersection"].numpy().astype(np.int64)
