@@ -41,7 +41,7 @@ CODE = {
 }
 RECORD_KEYS = {
     "notebook", "profile", "parameters", "commit", "dirty", "versions", "device", "wall_seconds", "peak_memory_mb", "ok",
-    "error_class", "error_message", "content_hash", "finished_at", "output", "run_info",
+    "error_class", "error_message", "content_hash", "finished_at", "output", "run_info", "previous",
 }
 
 
@@ -229,7 +229,8 @@ def test_a_killed_run_leaves_no_half_executed_page(tmp_path):
         for child in children:  # the kernel runs in its own session
             child.kill()
     assert (out / "_run" / "partial" / "demo" / "01_slow.ipynb").exists() and not (out / "demo" / "01_slow.ipynb").exists()
-    assert book_problems(out, notebooks=source) == ["demo/01_slow: missing (not executed); run `xaikit run --only demo/01_slow`"]
+    assert book_problems(out, notebooks=source) == [
+        f"demo/01_slow: missing (not executed); run `xaikit run --profile smoke --only demo/01_slow --output-dir {out}`"]
 
 
 # --- around execution ---------------------------------------------------------------------------
@@ -249,7 +250,7 @@ def test_an_interrupted_rerun_keeps_the_previous_page_and_record(tmp_path, fake)
     assert "z = 3" in (out / "_run" / "partial" / "demo" / "01_ok.ipynb").read_text()  # the interrupted one stays apart
 
 
-def test_a_failed_rerun_removes_the_page_and_a_later_success_clears_the_failure(tmp_path, fake):
+def test_a_failed_rerun_moves_the_page_aside_and_a_later_success_clears_the_failure(tmp_path, fake):
     source, book = make_project(tmp_path)
     out = tmp_path / "out"
     run_notebooks("smoke", source=source, output_dir=out, book=book, log=quiet)
@@ -258,7 +259,7 @@ def test_a_failed_rerun_removes_the_page_and_a_later_success_clears_the_failure(
     fake.fail["demo/02_fails"] = ("ValueError", "boom")
     runs = run_notebooks("smoke", source=source, output_dir=out, book=book, force=True, log=quiet)
     assert not page.exists() and failed.is_file() and [r.ok for r in runs] == [True, False, True]
-    assert book_problems(out) == [f"demo/02_fails: failed (ValueError: boom); read {failed.resolve()}"]
+    assert book_problems(out)[0].startswith(f"demo/02_fails: failed (ValueError: boom); read {failed.resolve()}; ")
     del fake.fail["demo/02_fails"]
     run_notebooks("smoke", source=source, output_dir=out, book=book, log=quiet)
     assert page.is_file() and not failed.exists() and book_problems(out) == []
@@ -366,7 +367,7 @@ def test_build_refuses_a_book_with_missing_failed_or_mixed_notebooks(tmp_path, f
     run_notebooks("demo", source=source, output_dir=out, book=book, only="04", log=quiet)
     expected = [
         f"demo/02_fails: failed (ValueError: boom); read {(out / '_run' / 'failed' / 'demo' / '02_fails.ipynb').resolve()}",
-        "demo/03_ok: missing (not executed); run `xaikit run --only demo/03_ok`",
+        f"demo/03_ok: missing (not executed); run `xaikit run --profile smoke --only demo/03_ok --output-dir {out}`",
         "demo/04_other_profile: executed with profile demo, the others with smoke",
     ]
     assert book_problems(out, notebooks=source) == expected  # on a tie, the profile of the book's first notebook counts as usual

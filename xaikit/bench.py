@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from .errors import WeightsUnavailableError, XaikitError
+from .paths import check_output_file
 
 RATIO_DEFINITION = (
     "ratio_to_fwd_bwd = (seconds per batch of the method) / (seconds per batch of one plain forward+backward) "
@@ -422,6 +423,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run ``xaikit bench`` with parsed `args`: print the table, write the JSON; 0 on success, 2 on bad input."""
     model_kwargs = {name: yaml.safe_load(value) for name, value in args.model_kwarg}
     try:
+        if args.json_file is not None:  # before the benchmark, not after minutes of it
+            args.json_file = check_output_file(args.json_file, "--json")
         report = run_benchmark(
             args.model, args.batch_size, device=args.device, methods=args.methods, repeats=args.repeats,
             pretrained=args.pretrained, images=args.images, threads=args.threads, model_kwargs=model_kwargs,

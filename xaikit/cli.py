@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from .errors import XaikitError
+from .paths import absolute
 from .profiles import PROFILES
 from .runner import book_problems, report_failures, run_notebooks
 
@@ -46,6 +47,7 @@ def build_book(source: Path = REPO / "book", config: Path = REPO / "_config.yml"
     Refuses (status 1, with the list) a book whose run record shows a notebook of the
     table of contents missing, failed, or executed with another profile than the others.
     """
+    source = absolute(source)  # Jupyter Book resolves --toc against the book's folder, not against ours
     problems = book_problems(source)
     if problems:
         print(f"xaikit build: not rendering {source}:", *(f"  - {p}" for p in problems), sep="\n", file=sys.stderr)
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench_module.add_arguments(bench)
     args = parser.parse_args(argv)
+    for key, value in vars(args).items():  # relative to the caller's folder, whichever folder a tool resolves against
+        if isinstance(value, Path):
+            setattr(args, key, absolute(value))
     if args.command == "bench":
         return bench_module.run_from_args(args)
     if args.command == "check-book":

@@ -10,9 +10,11 @@ paper run.
 Each notebook is executed into ``<output>/_run/partial/`` and moved into place
 (``<output>/<chapter>/NN_<name>.ipynb``) only once it has run to the end and its
 run banner is in, so an interrupted run never leaves a half-executed page. A
-notebook that fails goes to ``<output>/_run/failed/`` for reading, and its page
-is removed. The run record ``<output>/_run/runs-<profile>.json`` (one entry per
-notebook, rewritten atomically after each one) says how every page was made;
+notebook that fails goes to ``<output>/_run/failed/`` for reading; its last good
+page, if any, moves to ``<output>/_run/previous/`` (a failure never deletes a
+page: `report_failures` says how to put it back). The run record
+``<output>/_run/runs-<profile>.json`` (one entry per notebook, rewritten
+atomically after each one) says how every page was made;
 ``xaikit build`` refuses a book whose record shows a notebook missing, failed or
 executed with another profile than the others (`book_problems`).
 
@@ -48,7 +50,8 @@ import nbformat
 import yaml
 
 from .errors import InvalidParameterError
-from .profiles import check_profile
+from .paths import check_output_folder
+from .profiles import PROFILES, check_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = Path(__file__).resolve().parent
@@ -59,6 +62,7 @@ KERNEL = "python3"
 PUBLISHED_PROFILE = "demo"  # the only profile executed into the published book
 RUN_INFO_MIME = "application/vnd.xaikit.run-info+json"
 BANNER_TAG = "xaikit-banner"
+PREVIOUS = "previous"  # folder under _run/ keeping the last good page of a notebook whose latest run failed
 # Not copied from the book's sources into another output folder: outputs of runs and builds.
 NOT_BOOK_SOURCES = ("_build", "_run", "_generated", "*.ipynb", "__pycache__", ".ipynb_checkpoints")
 
@@ -73,6 +77,8 @@ class NotebookRun:
     error_class: str = ""
     error_message: str = ""
     skipped: bool = False  # unchanged since its last successful run
+    previous: Path | None = None  # a failed run's last good page, kept under _run/previous
+    restore: str = ""  # the command that puts `previous` back in place
 
     @property
     def error(self) -> str:
@@ -211,6 +217,21 @@ def read_record(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def latest_entries(run_dir: Path) -> tuple[dict[str, dict], list[str]]:
+    """The latest entry of each notebook over the run records in `run_dir`, and why any record is unreadable."""
+    latest, problems = {}, []
+    for path in sorted(run_dir.glob("runs-*.json")):
+        try:
+            entries = read_record(path)["notebooks"].values()
+        except (ValueError, KeyError, AttributeError) as err:
+            problems.append(f"{path}: unreadable run record ({err})")
+            continue
+        for entry in entries:
+            if entry["notebook"] not in latest or entry["finished_at"] > latest[entry["notebook"]]["finished_at"]:
+                latest[entry["notebook"]] = entry
+    return latest, problems
+
+
 def _save_entry(output_dir: Path, entry: dict, order: list[str]) -> None:
     """Merge `entry` into its profile's record (and timings CSV) and drop it from the other profiles' records.
 
@@ -278,16 +299,21 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def rerun_command(name: str, profile: str, parameters: dict, output_dir: Path) -> str:
-    """The one command that re-runs notebook `name` as it was run."""
+def run_command(name: str, profile: str, output_dir: Path, parameters: dict | None = None, force: bool = False) -> str:
+    """The ``xaikit run`` command that executes notebook `name` with `profile` and `parameters` into `output_dir`."""
     words = ["xaikit", "run", "--profile", profile, "--only", name]
-    if output_dir.resolve() != default_output_dir(profile).resolve():
+    if profile not in PROFILES or output_dir.resolve() != default_output_dir(profile).resolve():
         words += ["--output-dir", _display_path(output_dir)]
-    for key, value in parameters.items():
+    for key, value in (parameters or {}).items():
         if key != "profile":
             shown = value if isinstance(value, str) and yaml.safe_load(value) == value else json.dumps(value)
             words += ["-p", key, shown]
-    return " ".join(shlex.quote(word) for word in words + ["--force"])
+    return shlex.join(words + ["--force"] * force)
+
+
+def rerun_command(name: str, profile: str, parameters: dict, output_dir: Path) -> str:
+    """The one command that re-runs notebook `name` as it was run."""
+    return run_command(name, profile, output_dir, parameters, force=True)
 
 
 #: folder of the rendered book holding a copy of every source notebook (`xaikit build` writes it)
@@ -345,7 +371,7 @@ def run_notebook(name: str, profile: str, *, source: Path = NOTEBOOKS, output_di
     """Execute notebook `name` into `output_dir` and record the run in ``_run/runs-<profile>.json``.
 
     The page ``<output_dir>/<name>.ipynb`` appears only when the notebook ran to the end;
-    a failed notebook goes to ``_run/failed/<name>.ipynb`` and its page is removed.
+    a failed notebook goes to ``_run/failed/<name>.ipynb`` and its page to ``_run/previous/<name>.ipynb``.
     """
     import papermill
 
@@ -354,6 +380,7 @@ def run_notebook(name: str, profile: str, *, source: Path = NOTEBOOKS, output_di
     output_dir = _check_output_dir(profile, output_dir).resolve()
     run_dir = output_dir / "_run"
     page, partial, failed = output_dir / f"{name}.ipynb", run_dir / "partial" / f"{name}.ipynb", run_dir / "failed" / f"{name}.ipynb"
+    kept = run_dir / PREVIOUS / f"{name}.ipynb"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.unlink(missing_ok=True)
     error_class = error_message = ""
@@ -388,15 +415,19 @@ def run_notebook(name: str, profile: str, *, source: Path = NOTEBOOKS, output_di
         "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "output": (page if not error_class else failed).relative_to(output_dir).as_posix(),
         "run_info": None,
+        "previous": None,
     }
     if error_class:
-        page.unlink(missing_ok=True)  # a page must not outlive its failed re-run
+        # the page must not stand for its failed re-run, nor be lost with it
+        entry["previous"] = _keep_previous_page(page, kept, latest_entries(run_dir)[0].get(name))
         if partial.exists():
             failed.parent.mkdir(parents=True, exist_ok=True)
             os.replace(partial, failed)
         else:
             entry["output"] = None
         result = NotebookRun(name, False, seconds, entry["peak_memory_mb"], failed, error_class, error_message)
+        if kept.is_file():
+            result.previous, result.restore = kept, restore_command(kept, page)
     else:
         notebook = nbformat.read(partial, as_version=4)
         entry["run_info"] = run_info_of(notebook)
@@ -405,18 +436,39 @@ def run_notebook(name: str, profile: str, *, source: Path = NOTEBOOKS, output_di
         page.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, page)
         failed.unlink(missing_ok=True)
+        kept.unlink(missing_ok=True)  # replaced by this run's page
         result = NotebookRun(name, True, seconds, entry["peak_memory_mb"], page)
     _save_entry(output_dir, entry, order or [name])
     return result
 
 
+def _keep_previous_page(page: Path, kept: Path, latest: dict | None) -> dict | None:
+    """Move `page` to `kept` (under ``_run/previous``); return the record entry of the good run that made it.
+
+    `latest` is the notebook's latest record entry before this run. After a failure in a row the
+    page is already kept: it stays, with the entry the earlier failure kept for it.
+    """
+    made_by = [e for e in (latest, (latest or {}).get("previous")) if e and e["ok"]]
+    if page.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(page, kept)
+        return next((e for e in made_by if e["content_hash"] == _page_hash(kept)), None)
+    return (latest or {}).get("previous") if kept.is_file() else None
+
+
+def restore_command(kept: Path, page: Path) -> str:
+    """The shell command that puts the kept page of a failed notebook back in place."""
+    return shlex.join(["mv", str(kept), str(page)])
+
+
 def _check_output_dir(profile: str, output_dir: Path) -> Path:
-    """`output_dir`, unless it is the published book and `profile` is not the demo profile."""
+    """`output_dir`, unless it is the published book and `profile` is not the demo profile, or cannot be a folder."""
     if check_profile(profile) != PUBLISHED_PROFILE and output_dir.resolve() == BOOK.resolve():
         raise InvalidParameterError(
             f"the {profile} profile never runs into the published book ({BOOK}); leave out --output-dir "
             f"(default {BOOKS / profile}) or give another folder"
         )
+    check_output_folder(output_dir, "--output-dir", f", or leave out --output-dir (default {default_output_dir(profile)})")
     return output_dir
 
 
@@ -445,9 +497,14 @@ def run_notebooks(profile: str = "demo", *, only: str | None = None, source: Pat
     output_dir = _check_output_dir(profile, Path(output_dir) if output_dir is not None else default_output_dir(profile))
     injected = _injected_parameters(profile, parameters)
     order = notebooks_in_book_order(source, book / "_toc.yml")
+    if only is not None and not only.strip():  # an unset shell variable: running everything is not what was asked
+        raise InvalidParameterError(
+            f"--only got an empty pattern ({only!r}); give a glob or part of a name, e.g. --only 'foundations/01*', "
+            "or leave out --only to run every notebook"
+        )
     names = [n for n in order if only is None or fnmatch.fnmatch(n, only) or only in n]
     if not names:
-        raise InvalidParameterError(f"no notebook under {source} matches {only!r}")
+        raise InvalidParameterError(f"no notebook under {source} matches {only!r}; the notebooks are: {', '.join(order)}")
     output_dir.mkdir(parents=True, exist_ok=True)
     if output_dir.resolve() != book.resolve():
         _copy_book_sources(book, output_dir)
@@ -480,12 +537,18 @@ def _page_hash(page: Path) -> str | None:
         return None
 
 
+def _kept_page_advice(kept: Path, restore: str) -> str:
+    return (f"its last good page is kept at {kept}; `xaikit build` refuses the book until the notebook runs "
+            f"without error or that page is put back: {restore}")
+
+
 def report_failures(runs: list[NotebookRun], log=print) -> int:
     """Exit status for `runs`: 0 when all succeeded, else 1 after listing each failure's exception."""
     failed = [run for run in runs if not run.ok]
     for run in failed:
         message = run.error_message.strip().replace("\n", "\n  ")
-        log(f"FAILED {run.notebook}: {run.error_class}: {message}\n  failed notebook kept at {run.output}")
+        kept = f"\n  {_kept_page_advice(run.previous, run.restore)}" if run.previous else ""
+        log(f"FAILED {run.notebook}: {run.error_class}: {message}\n  failed notebook kept at {run.output}{kept}")
     return 1 if failed else 0
 
 
@@ -498,42 +561,60 @@ def book_problems(source: Path, notebooks: Path | None = None) -> list[str]:
 
     A page of the table of contents is a notebook when `notebooks` (the unexecuted sources,
     default ``notebooks/``) or the run record has it, or when `source` holds it as ``.ipynb``.
+    A notebook whose latest run failed passes only once its last good page, kept under
+    ``_run/previous``, is put back (or a later run succeeds).
     """
     notebooks = notebooks or NOTEBOOKS
     toc = source / "_toc.yml"
     if not toc.is_file():
         return [f"{toc} is missing"]
-    problems, latest = [], {}
-    for path in sorted((source / "_run").glob("runs-*.json")):
-        try:
-            entries = read_record(path)["notebooks"].values()
-        except (ValueError, KeyError, AttributeError) as err:
-            problems.append(f"{path}: unreadable run record ({err})")
-            continue
-        for entry in entries:
-            if entry["notebook"] not in latest or entry["finished_at"] > latest[entry["notebook"]]["finished_at"]:
-                latest[entry["notebook"]] = entry
-    profiles = {}
+    latest, problems = latest_entries(source / "_run")
+    profiles, missing = {}, []
     for name in toc_entries(toc):
-        page, failed = source / f"{name}.ipynb", source / "_run" / "failed" / f"{name}.ipynb"
+        page, failed, kept = (source / f"{name}.ipynb", source / "_run" / "failed" / f"{name}.ipynb",
+                              source / "_run" / PREVIOUS / f"{name}.ipynb")
         is_notebook = page.is_file() or failed.is_file() or name in latest or (notebooks / f"{name}.ipynb").is_file()
         if not is_notebook or any((source / f"{name}{suffix}").is_file() for suffix in (".md", ".rst")):
             continue
         entry = latest.get(name)
+        if entry and not entry["ok"] and page.is_file() and _page_hash(page) == (entry.get("previous") or {}).get("content_hash"):
+            entry = entry["previous"]  # its last good page, put back by hand
         if (entry and not entry["ok"]) or (failed.is_file() and not page.is_file()):
             first_line = next(iter((entry.get("error_message") or "").strip().splitlines()), "") if entry else ""
             cause = f" ({entry['error_class']}: {first_line})" if entry else ""
-            problems.append(f"{name}: failed{cause}; read {failed}")
+            advice = f"; {_kept_page_advice(kept, restore_command(kept, page))}" if kept.is_file() and not page.is_file() else ""
+            problems.append(f"{name}: failed{cause}; read {failed}{advice}")
         elif not page.is_file():
-            problems.append(f"{name}: missing (not executed); run `xaikit run --only {name}`")
+            missing.append(len(problems))
+            problems.append(name)  # the advice follows below, once the book's profile is known
         elif entry is None:
             problems.append(f"{name}: not executed by `xaikit run` (no entry in {source / '_run'}/runs-*.json)")
         else:
             profiles[name] = _page_profile(page) or entry["profile"]
+    usual = Counter(profiles.values()).most_common(1)[0][0] if profiles else None
+    book_profile = (usual or _folder_profile(source, latest)) if missing else None
+    for index in missing:
+        problems[index] = _missing_page(problems[index], book_profile, source)
     if len(set(profiles.values())) > 1:
-        usual = Counter(profiles.values()).most_common(1)[0][0]
         problems += [f"{name}: executed with profile {p}, the others with {usual}" for name, p in profiles.items() if p != usual]
     return problems
+
+
+def _folder_profile(source: Path, latest: dict[str, dict]) -> str | None:
+    """The profile a book folder holds when none of its pages says: its records', its unfinished or failed
+    notebooks' (papermill stamps their parameters), or its default folder's."""
+    recorded = Counter(entry["profile"] for entry in latest.values()) or Counter(
+        filter(None, map(_page_profile, sorted((source / "_run").rglob("*.ipynb")))))
+    if recorded:
+        return recorded.most_common(1)[0][0]
+    return next((p for p in PROFILES if source.resolve() == default_output_dir(p).resolve()), None)
+
+
+def _missing_page(name: str, profile: str | None, source: Path) -> str:
+    """The problem of a page never executed, with the command that executes it into the book folder `source`."""
+    if profile is None:  # nothing says which profile: the reader picks one
+        return f"{name}: missing (not executed); run `{run_command(name, 'PROFILE', source)}` with PROFILE one of {', '.join(PROFILES)}"
+    return f"{name}: missing (not executed); run `{run_command(name, profile, source)}`"
 
 
 def _page_profile(page: Path) -> str | None:
