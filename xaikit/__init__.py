@@ -11,6 +11,7 @@ from .concepts import ConceptTarget, concept_target
 from .imaging import preprocess, upsample
 from .introspection import RECORDABLE, BlockRecord, ViTRecorder
 from .methods import Explainer, get_method, list_methods
+from .methods.base import positive_int
 from .models import load_model
 from .targets import FeatureTarget, Target
 from .train import load_trained
@@ -35,15 +36,13 @@ def explain(
     settings (`xaikit.get_method(name)` documents them). With `batch_size`
     the images are explained in chunks of that many; images and targets are
     checked as a whole first. An empty batch (0 images) gives an empty
-    (0, gh, gw) result, with or without `batch_size`. The model runs in eval
+    (0, gh, gw) result ((0, H, W) for pixel methods), with or without `batch_size`. The model runs in eval
     mode; its own train/eval flags are restored afterwards.
     """
     explainer = get_method(method).create(model, **params)
     if batch_size is None:
         return explainer(images, targets)
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InvalidParameterError(f"batch_size must be a positive int or None; got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = positive_int("batch_size", batch_size, "Give None to explain all images at once")
     explainer.check_inputs(images, targets)
     if len(images) <= batch_size:
         return explainer(images, targets)

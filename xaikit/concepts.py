@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import InvalidParameterError
-from .methods.base import eval_mode
+from .methods.base import eval_mode, positive_int
 from .targets import FeatureTarget, heads_replaced
 
 SIMILARITIES = ("dot", "cosine", "neg_l2")
@@ -34,6 +34,13 @@ class ConceptTarget(FeatureTarget):
             raise InvalidParameterError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))}; got {similarity!r}")
         if not isinstance(vector, torch.Tensor) or vector.ndim != 1 or not vector.dtype.is_floating_point:
             raise InvalidParameterError("a concept vector must be a 1-d float tensor (the feature size D)")
+        finite = torch.isfinite(vector.detach())
+        if not bool(finite.all()):
+            raise InvalidParameterError(
+                f"the concept vector holds {int((~finite).sum())} NaN or infinite values of {vector.numel()}, which "
+                "make every map NaN; build it from finite features (are the concept images and the model's weights "
+                "finite?)"
+            )
         self.vector = vector.detach()
         self.similarity = similarity
 
@@ -66,8 +73,17 @@ def _concept_batch(model: torch.nn.Module, concept_images) -> torch.Tensor:
                 "example images there"
             )
         return preprocess(model, files, squash=True)
-    if isinstance(concept_images, torch.Tensor) and concept_images.dtype.is_floating_point and concept_images.ndim == 4:
-        return concept_images  # already normalised for the model
+    if isinstance(concept_images, torch.Tensor) and concept_images.dtype.is_floating_point:
+        if concept_images.ndim == 4:
+            return concept_images  # already normalised for the model
+        if concept_images.ndim == 3 and concept_images.numel():
+            low, high = float(concept_images.min()), float(concept_images.max())
+            if low < 0 or high > 1:  # not pixels in [0, 1], which preprocess would read as one image
+                raise InvalidParameterError(
+                    f"concept_images is one float image of shape {tuple(concept_images.shape)} with values in "
+                    f"[{low:g}, {high:g}]: a normalised image needs a batch axis, (1, 3, H, W); add one with "
+                    "concept_images[None] (or concept_images.unsqueeze(0))"
+                )
     return preprocess(model, concept_images, squash=True)
 
 
@@ -92,6 +108,7 @@ def concept_target(model: torch.nn.Module, concept_images, similarity: str = "do
     """
     if similarity not in SIMILARITIES:
         raise InvalidParameterError(f"similarity must be one of {', '.join(map(repr, SIMILARITIES))}; got {similarity!r}")
+    batch_size = positive_int("batch_size", batch_size, "It is how many concept images run through the model at once")
     batch = _concept_batch(model, concept_images)
     if len(batch) == 0:
         raise InvalidParameterError("a concept needs at least one image")

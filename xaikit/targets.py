@@ -36,7 +36,7 @@ _TARGET_FORMS = (
 def check_targets(targets: Target, batch: int) -> None:
     """Raise `InvalidParameterError` unless `targets` has a valid form for `batch` images.
 
-    Checks the form and length only; class ranges need the logits (see `resolve_targets`).
+    Checks the form and length only; class ranges need the number of classes (see `check_target_range`).
     """
     if targets is None or callable(targets):
         return
@@ -101,19 +101,45 @@ def resolve_targets(targets: Target, logits: torch.Tensor) -> tuple[torch.Tensor
 
     if targets is None:
         classes = logits.argmax(dim=1)
-    elif isinstance(targets, (int, np.integer)):
-        classes = torch.full((batch,), int(targets), dtype=torch.long, device=logits.device)
     else:
-        classes = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
-        if classes.ndim == 0:  # a 0-d array or tensor is one class for every image, like an int
-            classes = classes.expand(batch)
-        classes = classes.to(device=logits.device, dtype=torch.long)
+        classes = _class_indices(targets).expand(batch).to(device=logits.device)
+        _check_class_range(classes, num_classes)
+    return logits.gather(1, classes[:, None]).squeeze(1), classes
+
+
+def _class_indices(targets: Target) -> torch.Tensor:
+    """Class-index targets (an int, or one per image) as a long tensor: 0-d for one class for every image."""
+    if isinstance(targets, (int, np.integer)):
+        return torch.tensor(int(targets), dtype=torch.long)
+    classes = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
+    return classes.to(dtype=torch.long)
+
+
+def _check_class_range(classes: torch.Tensor, num_classes: int) -> None:
     bad = (classes < 0) | (classes >= num_classes)
     if bool(bad.any()):
         raise InvalidParameterError(
-            f"target class {int(classes[bad][0])} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
+            f"target class {int(classes[bad].flatten()[0])} is out of range: the model has {num_classes} classes "
+            f"(0..{num_classes - 1})"
         )
-    return logits.gather(1, classes[:, None]).squeeze(1), classes
+
+
+def check_target_range(targets: Target, num_classes: int | None) -> None:
+    """Raise `InvalidParameterError` unless every class index in `targets` (of a valid form, see
+    `check_targets`) lies in 0..num_classes-1; None, callables and an unknown `num_classes` (None) pass.
+
+    Also for methods whose maps ignore the class: a class the model does not have is a mistake there too.
+    """
+    if num_classes is None or targets is None or callable(targets):
+        return
+    _check_class_range(_class_indices(targets), num_classes)
+
+
+def head_classes(model: torch.nn.Module) -> int | None:
+    """The number of classes of `model`'s linear classifier head, or None when it has none (e.g. the
+    identity of a timm model made with num_classes=0) or a head of another kind."""
+    head = getattr(model, "head", None)
+    return head.out_features if isinstance(head, torch.nn.Linear) else None
 
 
 # -- targets that score the features ------------------------------------------------------------

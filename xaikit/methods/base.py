@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import ClassVar, Iterator
 
 import numpy as np
@@ -18,8 +18,16 @@ import torch
 from torch import nn
 
 from ..errors import InvalidParameterError
-from ..introspection import ViTRecorder, check_vit
-from ..targets import FeatureTarget, Target, check_targets, resolve_targets, scoring_features
+from ..introspection import ViTRecorder, check_vit, token_grid
+from ..targets import (
+    FeatureTarget,
+    Target,
+    check_target_range,
+    check_targets,
+    head_classes,
+    resolve_targets,
+    scoring_features,
+)
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
 
@@ -39,6 +47,22 @@ def list_methods() -> list[str]:
 
 def get_method(name: str) -> type["Explainer"]:
     """The explainer class registered as `name`."""
+    if isinstance(name, Explainer) or (isinstance(name, type) and issubclass(name, Explainer)):
+        cls = name if isinstance(name, type) else type(name)
+        kind = "class" if isinstance(name, type) else "instance"
+        registered = getattr(cls, "name", None)
+        if _REGISTRY.get(registered) is cls:
+            settings = ", ".join(f"{n}=..." for n in method_parameters(cls))
+            example = f"method={registered!r}" + (f", {settings}" if settings else "")
+            advice = f"pass method={registered!r} and its settings as keywords: xaikit.explain(model, images, {example})"
+        else:
+            advice = "register it under a name (@xaikit.methods.register, with a class attribute name) and pass that name"
+        if kind == "instance":
+            advice += ", or call the explainer itself: explainer(images, targets)"
+        raise InvalidParameterError(
+            f"unknown method: got the explainer {kind} {cls.__qualname__}, but a method is named by its registry "
+            f"name (one of {', '.join(list_methods())}); {advice}"
+        )
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -71,11 +95,16 @@ class Explainer:
     resolution: ClassVar[str] = "token"
     #: the method can explain a score of the pre-logits features (`xaikit.targets.FeatureTarget`)
     accepts_feature_targets: ClassVar[bool] = True
+    #: the method propagates relevance, which half precision ruins: float16/bfloat16 models run with
+    #: float32 weights (`float32_weights`) and give float32 maps
+    relevance_in_float32: ClassVar[bool] = False
+    #: a call is running (`_prepared_call` prepares the outermost level only)
+    _in_call: bool = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "attribute" in cls.__dict__:  # every method's own attribute runs with feature targets handled
-            cls.attribute = _with_target_outputs(cls.__dict__["attribute"])
+        if "attribute" in cls.__dict__:  # every method's own attribute runs prepared (`_prepared_call`)
+            cls.attribute = _prepared_call(cls.__dict__["attribute"])
 
     def __init__(self, model: nn.Module) -> None:
         check_vit(model)
@@ -116,7 +145,8 @@ class Explainer:
         return self.attribute(images, targets).float()
 
     def attribute(self, images: torch.Tensor, targets: Target = None) -> torch.Tensor:
-        """Like ``__call__`` but in the model's own dtype (float64 models give float64 maps).
+        """Like ``__call__`` but in the model's own dtype (float64 models give float64 maps; a method that
+        propagates relevance gives float32 maps of a float16/bfloat16 model, see `float32_weights`).
 
         The model runs in eval mode (no dropout; DeiT's distilled head averages its two
         outputs); every submodule's ``training`` flag is restored afterwards, also after an
@@ -158,9 +188,19 @@ class Explainer:
 
     # -- helpers ---------------------------------------------------------------------
     def check_inputs(self, images: torch.Tensor, targets: Target = None) -> None:
-        """Raise `InvalidParameterError` unless `images` and `targets` are valid inputs (nothing is run)."""
+        """Raise `InvalidParameterError` unless `images` and `targets` are valid inputs (nothing is run): class
+        indices must be classes of the model's head, also for a method whose maps ignore them."""
         self._validate_images(images)
         check_targets(targets, images.shape[0])
+        if not isinstance(targets, FeatureTarget):
+            check_target_range(targets, head_classes(self.model))
+
+    def _empty_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The maps of an empty batch: (0, gh, gw), or (0, H, W) for pixel methods, in the model's dtype and device."""
+        param = next(self.model.parameters())
+        size = tuple(images.shape[-2:])
+        shape = size if self.resolution == "pixel" else token_grid(self.model, size)
+        return torch.zeros((0, *shape), dtype=param.dtype, device=param.device)
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         self._validate_images(images)
@@ -200,24 +240,71 @@ class Explainer:
             )
 
 
-def _with_target_outputs(attribute):
-    """Run `attribute` with the model's heads replaced by the identity when the target scores features
-    (`xaikit.targets.FeatureTarget`), so the method's logits are the pre-logits features."""
+def _prepared_call(attribute):
+    """Wrap an explainer's `attribute` with what every method's call shares, done once per call by the
+    outermost level (a subclass's `attribute` calling ``super().attribute`` runs the inner level as it is):
+
+    * the inputs are checked (`Explainer.check_inputs`), class indices also where the maps ignore them;
+    * an empty batch gives empty maps without running the method;
+    * a half-precision model runs with float32 weights for a method that propagates relevance
+      (`float32_weights`);
+    * with a target scoring the features (`xaikit.targets.FeatureTarget`) the model's heads are replaced by
+      the identity, so the method's logits are the pre-logits features.
+    """
 
     @functools.wraps(attribute)
     def wrapper(self, images, targets=None):
+        if self._in_call:
+            return attribute(self, images, targets)
         if isinstance(targets, FeatureTarget) and not self.accepts_feature_targets:
             raise InvalidParameterError(
                 f"method {self.name!r} propagates relevance from the classifier head's logits, so it cannot explain "
                 f"a score of the features such as {targets!r}; explain it with 'cdam' or another gradient method"
             )
-        with scoring_features(self.model, targets):
-            return attribute(self, images, targets)
+        self.check_inputs(images, targets)
+        self._in_call = True
+        try:
+            with float32_weights(self.model) if self.relevance_in_float32 else nullcontext():
+                if images.shape[0] == 0:
+                    return self._empty_maps(images)
+                with scoring_features(self.model, targets):
+                    return attribute(self, images, targets)
+        finally:
+            self._in_call = False
 
     return wrapper
 
 
-Explainer.attribute = _with_target_outputs(Explainer.attribute)
+Explainer.attribute = _prepared_call(Explainer.attribute)
+
+
+@contextmanager
+def float32_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a float16 or bfloat16 `model` with float32 parameters and buffers (relevance rules lose up to all
+    significant digits in half precision). On exit every parameter and buffer gets its own tensor back
+    (the same storage, dtype and values, and the same ``.grad``), also after an exception; a model with
+    no half-precision tensor is left as it is."""
+    half = (torch.float16, torch.bfloat16)
+    parameters = [(p, p.data, p.grad) for p in model.parameters() if p.dtype in half]
+    buffers = [
+        (module, name, buffer)
+        for module in model.modules()
+        for name, buffer in module.named_buffers(recurse=False)
+        if buffer.dtype in half
+    ]
+    try:
+        for param, data, _ in parameters:
+            param.grad = None  # a half-precision .grad cannot sit on a float32 parameter
+            param.data = data.float()
+        for module, name, buffer in buffers:
+            setattr(module, name, buffer.float())
+        yield model
+    finally:
+        for param, data, grad in parameters:
+            param.data = data
+            param.grad = grad
+        for module, name, buffer in buffers:
+            setattr(module, name, buffer)
 
 
 @contextmanager
@@ -240,6 +327,14 @@ def refuse_inference_mode(method: str) -> None:
             "cannot override it); call xaikit.explain outside the torch.inference_mode() block "
             "(under torch.no_grad() it works: explainers turn gradients on themselves)"
         )
+
+
+def positive_int(name: str, value: object, hint: str = "") -> int:
+    """`value` as a Python int (numpy integers accepted), or an error naming `name` for a bool, a
+    non-integer or a value below 1; `hint` is added to the error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidParameterError(f"{name} must be a positive int; got {value!r}" + (f". {hint}" if hint else ""))
+    return int(value)
 
 
 def integer_setting(method: str, name: str, value: object) -> object:

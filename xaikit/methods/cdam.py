@@ -161,8 +161,6 @@ class TailMethod(Explainer):
         """Maps (B, gh, gw) in the model's dtype; the model runs in eval mode, its flags are restored."""
         images = prepare_gradient_call(self, images, targets)
         grid = token_grid(self.model, tuple(images.shape[-2:]))
-        if images.shape[0] == 0:
-            return images.new_zeros((0, *grid))
         with eval_mode(self.model):
             block_input = last_block_input(self.model, images)
             scores = self.tail_scores(block_input, targets)
@@ -256,6 +254,14 @@ class SmoothCDAM(TailMethod):
             with torch.no_grad():
                 clean = self.model.blocks[-1].norm1(block_input)
         batch = clean.shape[0]
+        if self.noise is not None and tuple(self.noise.shape[2:]) != tuple(clean.shape[1:]):
+            # broadcasting a bank constant over the tokens or features would shift every token's features by one
+            # constant, which the LayerNorm removes: plain CDAM under the name of Smooth CDAM
+            raise InvalidParameterError(
+                f"noise of method {self.name!r} must have shape (n_samples, 1 or B, N, D) = ({self.n_samples}, 1 or "
+                f"{batch}, {clean.shape[1]}, {clean.shape[2]}) for these images: one standard-normal draw per sample, "
+                f"token (N, prefix tokens included) and feature (D); got {tuple(self.noise.shape)}"
+            )
         std = self.noise_level * (clean.flatten(1).amax(dim=1) - clean.flatten(1).amin(dim=1))
         std = std.view(1, batch, 1, 1)
         bank = noise_bank(self.name, self.noise, self.generator, (self.n_samples, *clean.shape), clean)

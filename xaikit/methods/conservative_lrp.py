@@ -31,6 +31,7 @@ class BlockInputRelevance(Explainer):
     needs_class_token = False
     records = ("input",)
     grads = ("input",)
+    relevance_in_float32 = True
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

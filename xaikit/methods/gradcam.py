@@ -67,15 +67,21 @@ class LibraryCAM(Explainer):
 
         images = prepare_gradient_call(self, images, targets)
         grid = token_grid(self.model, tuple(images.shape[-2:]))
-        if images.shape[0] == 0:
-            return images.new_zeros((0, *grid))
         layer = self.target_layer()
         reshape = TokensToFeatureMaps(self.model.num_prefix_tokens, grid)
         live: list[torch.Tensor] = []
         with eval_mode(self.model):  # the CAM's constructor calls model.eval(); eval_mode restores the flags
             cam_class = getattr(pytorch_grad_cam, self.cam_class)
             cam = cam_class(model=self.model, target_layers=[layer], reshape_transform=reshape)
-            handle = layer.register_forward_hook(lambda module, args, output: live.append(output))
+
+            def attach(module, args, output):
+                if not output.requires_grad:  # frozen parameters before the layer: its output still needs a gradient
+                    output = output.detach().requires_grad_(True)
+                live.append(output)
+                return output
+
+            # prepended: the library's hooks, which register its gradient hook only on a tensor requiring grad, see it
+            handle = layer.register_forward_hook(attach, prepend=True)
             try:
                 with torch.enable_grad():
                     logits = cam.activations_and_grads(images)

@@ -44,7 +44,7 @@ from torch import nn
 from ..errors import InvalidParameterError
 from ..introspection import token_grid
 from ..targets import Target, check_targets, resolve_targets
-from .base import Explainer, eval_mode, refuse_inference_mode, register
+from .base import Explainer, eval_mode, positive_int, refuse_inference_mode, register
 
 #: upper bound on the autograd memory of one chunk of copies (estimated, see `graph_bytes_per_image`)
 CHUNK_BYTES = 2**30
@@ -111,9 +111,7 @@ def explained_classes(model: nn.Module, images: torch.Tensor, targets: Target) -
 
 
 def check_positive_int(method: str, name: str, value: object) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidParameterError(f"{name} of method {method!r} must be a positive int; got {value!r}")
-    return int(value)
+    return positive_int(f"{name} of method {method!r}", value)
 
 
 def check_noise_level(method: str, value: object) -> float:
@@ -196,8 +194,6 @@ class InputGradientMethod(Explainer):
     def attribute(self, images: torch.Tensor, targets: Target = None) -> torch.Tensor:
         """Maps (B, H, W) in the model's dtype; the model runs in eval mode, its flags are restored."""
         images = prepare_gradient_call(self, images, targets)
-        if images.shape[0] == 0:
-            return images.new_zeros((0, *images.shape[-2:]))
         with eval_mode(self.model):
             return self.pixel_scores(images, targets)
 

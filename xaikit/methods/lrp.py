@@ -28,6 +28,7 @@ class CheferRelevance(Explainer):
     """
 
     accepts_feature_targets = False  # the rules start at the linear classifier head
+    relevance_in_float32 = True
 
     #: "layers_lrp" or "layers_ours"
     rules: ClassVar[str]

@@ -54,8 +54,6 @@ class TokenAblation(Explainer):
         check_targets(targets, images.shape[0])
         model, batch = self.model, images.shape[0]
         gh, gw = token_grid(model, tuple(images.shape[-2:]))
-        if batch == 0:
-            return images.new_zeros((0, gh, gw))
         captured: list[torch.Tensor] = []
         # norm_pre's output: the tokens after patch embedding, position embedding, pos_drop and patch_drop
         handle = model.norm_pre.register_forward_hook(lambda module, args, output: captured.append(output))
