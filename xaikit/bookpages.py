@@ -1,7 +1,8 @@
 """Pages of the book generated at build time from one source file and the run records.
 
 ``book/status.yml`` lists every table and figure of the three papers (and every page of
-the Foundations chapter) with the notebook that reproduces it. Nobody types a status:
+the Foundations chapter) with the notebook that reproduces it and, for the papers' items,
+the claim the paper makes with it (``claim:``, one sentence). Nobody types a status:
 `item_status` derives it from whether the notebook exists and from the run records
 ``<book>/_run/runs-<profile>.json`` that ``xaikit run`` writes:
 
@@ -14,6 +15,13 @@ paper done  a paper-profile record shows the notebook ran without error
 ==========  ==========================================================================
 
 `write_generated_pages` writes, under ``<book>/_generated/`` (not kept in git):
+
+Nor a verdict: the notebook judges each claim from its executed results (`xaikit.verdicts`) and
+records the verdict with `xaikit.report.save_verdict` in
+``<book>/_run/results/<chapter>/<notebook>-verdicts.json``; `load_verdicts` reads those files,
+checks them against ``status.yml`` and the run records, and the tables show each claim with
+the demo's verdict and its evidence ("not run yet" where none is recorded), and the
+paper-profile verdict where a paper run recorded one.
 
 * ``status.md``: the table of every paper item, included by the book's introduction;
 * ``status-<chapter>.md``: one chapter's rows, included by the chapter's index page;
@@ -28,20 +36,28 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
 
 from .errors import DataIntegrityError, InvalidParameterError
+from .report import VERDICTS, VERDICTS_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 STATUS_FILE = "status.yml"
+BOOK_STATUS = REPO / "book" / STATUS_FILE
 GENERATED = "_generated"
 RUN_DIR = "_run"
 NOT_YET, DEMO_DONE, PAPER_DONE = "not yet", "demo done", "paper done"
 STATUSES = (NOT_YET, DEMO_DONE, PAPER_DONE)
 VERSION_KEYS = ("python", "torch", "timm", "grad-cam", "xaikit")
+NOT_RUN_YET = "not run yet"  # the verdict cell of a claim no successful run has judged
+# The profiles whose verdicts the tables show, one column each; the paper's only where a paper run recorded one.
+VERDICT_COLUMNS = {"demo": "Demo verdict", "paper": "Paper-profile verdict"}
+# A verdict must have been written while its run ran; slack for the whole seconds of ``finished_at``.
+_CLOCK_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,7 @@ class Item:
     item: str
     what: str
     notebook: str | None  # chapter/NN_name, existing or planned
+    claim: str | None = None  # the paper's claim, one sentence; required for a paper's items
 
 
 def load_items(path: Path) -> list[Item]:
@@ -80,8 +97,16 @@ def load_items(path: Path) -> list[Item]:
             notebook = entry.get("notebook")
             if notebook is not None and (not isinstance(notebook, str) or notebook.count("/") != 1):
                 raise DataIntegrityError(f"{path}: notebook must be 'chapter/NN_name' or absent; got {notebook!r}")
+            claim = entry.get("claim")
+            if claim is not None and (not isinstance(claim, str) or not claim.strip()):
+                raise DataIntegrityError(f"{path}: the claim of item {entry['item']!r} must be one sentence of text; got {claim!r}")
+            if chapter.get("paper") and claim is None:
+                raise DataIntegrityError(
+                    f"{path}: item {entry['item']!r} of {chapter['chapter']!r} has no 'claim': give the claim the paper makes "
+                    "with it, in one sentence (e.g. 'TokenTM has the highest negative perturbation AUC on CIFAR-10')"
+                )
             items.append(Item(chapter["chapter"], chapter["title"], chapter.get("paper"), str(entry["item"]),
-                              str(entry["what"]), notebook))
+                              str(entry["what"]), notebook, " ".join(claim.split()) if claim else None))
     return items
 
 
@@ -118,6 +143,79 @@ def item_status(notebook: str | None, records: dict[str, dict], notebooks: Path 
     return NOT_YET
 
 
+def _moment(text, what: str, path: Path) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise DataIntegrityError(f"{path}: {what} {text!r} is not an ISO time with a time zone; re-run the notebook with `xaikit run`")
+    return moment
+
+
+def _check_written_by_its_run(path: Path, item: str, entry: dict, run: dict, profile: str) -> None:
+    """Refuse a verdict that the run recorded in ``runs-<profile>.json`` did not write (an earlier run's, or a typed one)."""
+    recorded_at = _moment(entry.get("recorded_at"), f"the recorded_at of {item!r}", path)
+    finished = _moment(run.get("finished_at"), f"the finished_at of {run.get('notebook')} in runs-{profile}.json", path)
+    started = finished - timedelta(seconds=float(run.get("wall_seconds") or 0))
+    if not started - _CLOCK_SLACK <= recorded_at <= finished + _CLOCK_SLACK:
+        raise DataIntegrityError(
+            f"{path}: the verdict on {item!r} was recorded at {entry['recorded_at']}, outside the notebook's last {profile} run "
+            f"({started.isoformat(timespec='seconds')} to {run['finished_at']}), so that run did not write it: delete the "
+            "file and re-run the notebook (`xaikit run --force --only ...`)"
+        )
+
+
+def load_verdicts(run_dir: Path, items: list[Item], records: dict[str, dict]) -> dict[tuple[str, str, str], dict]:
+    """(profile, notebook, item) -> ``{verdict, evidence, ...}`` for every verdict a successful run recorded.
+
+    Reads every ``results/<chapter>/<notebook>-verdicts.json`` under `run_dir` (`xaikit.report.save_verdict`).
+    A verdict whose notebook has no successful run of its profile in `records` is left out (its claim shows
+    "not run yet"). Refused with the file's name: an unreadable file, a notebook or item that ``status.yml``
+    does not have, an unknown verdict, an empty evidence, and a verdict recorded outside its run.
+    """
+    claims = {}
+    for item in items:
+        claims.setdefault(item.notebook, {})[item.item] = item.claim
+    verdicts = {}
+    for path in sorted((Path(run_dir) / "results").glob(f"*/*{VERDICTS_SUFFIX}")):
+        notebook = f"{path.parent.name}/{path.name.removesuffix(VERDICTS_SUFFIX)}"
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataIntegrityError(f"{path} is not a readable verdict file ({err}): delete it and re-run {notebook}") from err
+        if not isinstance(recorded, dict):
+            raise DataIntegrityError(f"{path} must map each item to its verdict; delete it and re-run {notebook}")
+        own = claims.get(notebook, {})
+        for item, entry in recorded.items():
+            if item not in own:
+                raise DataIntegrityError(
+                    f"{path} records a verdict on {item!r}, which is not an item of {notebook} in {STATUS_FILE} (its items: "
+                    f"{', '.join(map(repr, own)) or 'none'}): name the item in the notebook's save_verdict call as "
+                    f"{STATUS_FILE} names it, and re-run the notebook"
+                )
+            if not isinstance(entry, dict) or entry.get("verdict") not in VERDICTS or not str(entry.get("evidence") or "").strip():
+                raise DataIntegrityError(
+                    f"{path}: the entry of {item!r} must hold a verdict ({', '.join(map(repr, VERDICTS))}) and its evidence; "
+                    f"got {entry!r}: record verdicts with xaikit.report.save_verdict, never by hand"
+                )
+            if own[item] is None:
+                raise DataIntegrityError(f"{path} records a verdict on {item!r}, which has no claim in {STATUS_FILE}: add its claim")
+            profile = entry.get("profile")
+            if not isinstance(profile, str) or not ran_ok(records, profile, notebook):
+                continue  # no successful run of its profile recorded: the claim shows "not run yet"
+            _check_written_by_its_run(path, item, entry, records[profile]["notebooks"][notebook], profile)
+            verdicts[(profile, notebook, item)] = entry
+    return verdicts
+
+
+def _verdict_cell(item: Item, profile: str, verdicts: dict) -> str:
+    if item.claim is None:
+        return "–"
+    entry = verdicts.get((profile, item.notebook, item.item))
+    return f"**{entry['verdict']}**: {entry['evidence']}" if entry else NOT_RUN_YET
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", r"\|").replace("\n", " ")
 
@@ -137,14 +235,24 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def status_table(items: list[Item], records: dict[str, dict], source: Path, notebooks: Path = NOTEBOOKS,
-                 with_chapter: bool = True) -> str:
-    """A Markdown table of `items`: (paper,) item, what it shows, notebook, status."""
-    header = (["Paper"] if with_chapter else []) + ["Item", "Shows", "Notebook", "Status"]
+                 with_chapter: bool = True, verdicts: dict | None = None) -> str:
+    """A Markdown table of `items`: (paper,) item, what it shows, its claim, notebook, status, the demo's verdict.
+
+    The claim and verdict columns appear when an item of the table has a claim; a paper-profile verdict
+    column when a paper run recorded a verdict on one of them. `verdicts` comes from `load_verdicts`.
+    """
+    verdicts = verdicts or {}
+    with_claims = any(item.claim for item in items)
+    profiles = [p for p in VERDICT_COLUMNS if p == "demo" or any((p, i.notebook, i.item) in verdicts for i in items)]
+    header = (["Paper"] if with_chapter else []) + ["Item", "Shows"] + (["Claim"] if with_claims else []) + ["Notebook", "Status"]
+    header += [VERDICT_COLUMNS[profile] for profile in profiles] if with_claims else []
     rows = []
     for item in items:
         chapter = [f"{{doc}}`{item.chapter_title} </{item.chapter}/index>`"] if with_chapter else []
-        rows.append(chapter + [item.item, item.what, _notebook_cell(item.notebook, source),
-                               item_status(item.notebook, records, notebooks)])
+        claim = [item.claim or "–"] if with_claims else []
+        judged = [_verdict_cell(item, profile, verdicts) for profile in profiles] if with_claims else []
+        rows.append(chapter + [item.item, item.what] + claim + [_notebook_cell(item.notebook, source),
+                                                                item_status(item.notebook, records, notebooks)] + judged)
     return _table(header, rows)
 
 
@@ -195,15 +303,16 @@ def write_generated_pages(source: Path, *, notebooks: Path = NOTEBOOKS, status_f
         raise InvalidParameterError(f"no status source {status_file}: the book's source folder must hold {STATUS_FILE}")
     items = load_items(status_file)
     records = load_run_records(source / RUN_DIR)
+    verdicts = load_verdicts(source / RUN_DIR, items, records)
     out = source / GENERATED
     out.mkdir(parents=True, exist_ok=True)
     pages = {
-        "status.md": status_table([i for i in items if i.paper], records, source, notebooks),
+        "status.md": status_table([i for i in items if i.paper], records, source, notebooks, verdicts=verdicts),
         "environment.md": environment_section(records),
     }
     for chapter in dict.fromkeys(i.chapter for i in items):
         pages[f"status-{chapter}.md"] = status_table([i for i in items if i.chapter == chapter], records, source,
-                                                     notebooks, with_chapter=False)
+                                                     notebooks, with_chapter=False, verdicts=verdicts)
     written = []
     for name, text in pages.items():
         path = out / name

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -229,3 +230,83 @@ def golden_errors(golden_dir: Path | None = None, precisions: Sequence[str] = ("
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     """``"1 thread"``, ``"2 threads"``: a count with its noun in the right number."""
     return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
+
+
+# -- verdicts on the papers' claims ------------------------------------------------------------------------
+
+HOLDS, DOES_NOT_HOLD, UNTESTABLE = "holds", "does not hold", "cannot be tested on the demo"
+VERDICTS = (HOLDS, DOES_NOT_HOLD, UNTESTABLE)
+VERDICTS_SUFFIX = "-verdicts.json"
+# One per kernel: a verdict file written by an earlier run of the notebook is replaced, never merged into, so a
+# verdict the re-run no longer records cannot survive it.
+_KERNEL_RUN = uuid.uuid4().hex
+
+
+def verdicts_path(chapter_notebook: str | None = None) -> Path:
+    """Where `save_verdict` records the running notebook's verdicts: ``<run dir>/results/<chapter>/<notebook>-verdicts.json``."""
+    chapter, _, notebook = current_notebook(chapter_notebook).rpartition("/")
+    return run_dir() / "results" / chapter / f"{notebook}{VERDICTS_SUFFIX}"
+
+
+def save_verdict(item: str, verdict: str, evidence: str, *, chapter_notebook: str | None = None) -> Path:
+    """Record the demo's verdict on one item of ``book/status.yml`` that this notebook reproduces; return the file.
+
+    `verdict` is "holds", "does not hold" or "cannot be tested on the demo", derived by `xaikit.verdicts`
+    (never typed); `evidence` the sentence with the deciding numbers and their uncertainty (or why the demo
+    cannot test the claim). The file ``<run dir>/results/<chapter>/<notebook>-verdicts.json`` maps each item to
+    ``{verdict, evidence, profile, recorded_at, run}``; later calls of the same kernel add to it, the first call
+    of a new kernel (a re-run) starts it afresh. It is replaced atomically. The book's status tables read it
+    (`xaikit.bookpages`). Refused: an item that is not this notebook's in ``book/status.yml``, an item
+    without a claim, an unknown verdict, an empty evidence.
+    """
+    import json
+    from datetime import datetime, timezone
+
+    from .bookpages import BOOK_STATUS, load_items
+    from .errors import DataIntegrityError
+    from .fileio import atomic_write
+
+    notebook = current_notebook(chapter_notebook)
+    if verdict not in VERDICTS:
+        raise InvalidParameterError(
+            f"verdict {verdict!r} is not one of {', '.join(map(repr, VERDICTS))}: derive it with xaikit.verdicts "
+            "(best_method_verdict, improvement_verdict, value_verdict, untestable) instead of typing it"
+        )
+    if not isinstance(evidence, str) or not evidence.strip():
+        raise InvalidParameterError(
+            f"evidence must be the sentence with the deciding numbers and their uncertainty (or why the claim cannot be "
+            f"tested); got {evidence!r}"
+        )
+    items = {entry.item: entry for entry in load_items(BOOK_STATUS) if entry.notebook == notebook}
+    if not items:
+        raise InvalidParameterError(
+            f"notebook {notebook!r} reproduces no item of {BOOK_STATUS}: run it with `xaikit run`, or pass "
+            "chapter_notebook='chapter/NN_name' as status.yml names it"
+        )
+    if item not in items:
+        raise InvalidParameterError(
+            f"{item!r} is not an item of {notebook} in {BOOK_STATUS}; its items are {', '.join(map(repr, items))}: "
+            "name one of them exactly"
+        )
+    if not items[item].claim:
+        raise InvalidParameterError(f"item {item!r} of {notebook} has no claim in {BOOK_STATUS}: add its `claim:` first")
+    path = verdicts_path(notebook)
+    recorded = {}
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+            if not isinstance(recorded, dict):
+                raise ValueError(f"it holds a {type(recorded).__name__}, not a mapping item -> verdict")
+        except (OSError, ValueError) as err:
+            raise DataIntegrityError(f"{path} is not a readable verdict file ({err}): delete it and re-run the notebook") from err
+        recorded = {name: entry for name, entry in recorded.items() if isinstance(entry, dict) and entry.get("run") == _KERNEL_RUN}
+    recorded[item] = {
+        "verdict": verdict,
+        "evidence": " ".join(evidence.split()),
+        "profile": os.environ.get("XAIKIT_PROFILE"),
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "run": _KERNEL_RUN,
+    }
+    with atomic_write(path, "w") as stream:
+        stream.write(json.dumps(recorded, indent=2, ensure_ascii=False) + "\n")
+    return path
