@@ -16,8 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import papermill
 import pytest
-from test_runner import fake, make_project, quiet, write_notebook  # noqa: F401  (fake: a fixture)
+from test_runner import FakePapermill, fake, make_project, quiet, write_notebook  # noqa: F401  (fake: a fixture)
 
 from xaikit import bench, cli, runner
 from xaikit.runner import book_problems, read_record, record_path, report_failures, run_notebooks
@@ -278,3 +279,48 @@ def test_the_readmes_python_example_gives_the_outputs_its_comments_state(monkeyp
             checked += comments[statement.lineno] not in NOT_OUTPUTS
     assert checked == 4  # the shapes of images, maps and pixels, and the list of methods
     assert namespace["images"].min() < 0  # "normalised": mean and std taken out, not pixels in [0, 1]
+
+
+class WritesTables(FakePapermill):
+    """The fake kernel also saves tables the way a notebook does (xaikit.report.save_table), before it fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, str] = {}
+
+    def __call__(self, input_path, output_path, parameters=None, **kwargs):
+        import pandas as pd
+
+        from xaikit.report import save_table
+
+        for table, value in self.tables.items():
+            save_table(pd.DataFrame({"method": ["gae"], "value": [value]}), table)
+        super().__call__(input_path, output_path, parameters=parameters, **kwargs)
+
+
+def test_a_failed_rerun_leaves_the_good_results_and_a_success_replaces_them_all(tmp_path, monkeypatch):
+    fake = WritesTables()
+    monkeypatch.setattr(papermill, "execute_notebook", fake)
+    source, book = make_project(tmp_path, {"01_ok": "x = 1"})
+    out = tmp_path / "out"
+    results = out / "_run" / "results" / "demo"
+
+    def tables() -> dict[str, str]:
+        return {p.name: p.read_text() for p in sorted(results.glob("*"))}
+
+    fake.tables = {"a": "good", "b": "good"}
+    run_notebooks("smoke", source=source, output_dir=out, book=book, log=quiet)
+    good = tables()
+    assert sorted(good) == ["01_ok-a.csv", "01_ok-b.csv"] and all("good" in text for text in good.values())
+
+    fake.tables, fake.fail["demo/01_ok"] = {"a": "half-done"}, ("ValueError", "boom")
+    run_notebooks("smoke", source=source, output_dir=out, book=book, force=True, log=quiet)
+    assert tables() == good  # the failed run neither overwrote nor deleted a good table
+    assert "half-done" in (out / "_run" / "failed" / "results" / "demo" / "01_ok-a.csv").read_text()  # kept for reading
+
+    del fake.fail["demo/01_ok"]
+    fake.tables = {"a": "new"}
+    run_notebooks("smoke", source=source, output_dir=out, book=book, force=True, log=quiet)
+    assert list(tables()) == ["01_ok-a.csv"] and "new" in tables()["01_ok-a.csv"]  # b belonged to the older run
+    assert not (out / "_run" / "failed" / "results" / "demo").exists() or not any((out / "_run" / "failed" / "results" / "demo").iterdir())
+    assert not list((out / "_run" / "partial").glob("results-*"))

@@ -54,6 +54,15 @@ def run_dir() -> Path:
     return Path(os.environ.get("XAIKIT_RUN_DIR") or "_run")
 
 
+def results_dir() -> Path:
+    """Where a page's tables and verdicts go: ``$XAIKIT_RESULTS_DIR``, else ``<run dir>/results``.
+
+    `xaikit run` points it at a staging folder and moves what the notebook wrote into ``_run/results``
+    only when the notebook ran to the end, so a failed re-run never mixes with, or deletes, the good results.
+    """
+    return Path(os.environ.get("XAIKIT_RESULTS_DIR") or run_dir() / "results")
+
+
 def current_notebook(chapter_notebook: str | None = None) -> str:
     """``chapter/NN_name`` of the running notebook: the argument, ``$XAIKIT_NOTEBOOK``, else ``notebook``."""
     name = chapter_notebook or os.environ.get("XAIKIT_NOTEBOOK") or "notebook"
@@ -73,7 +82,7 @@ def table_path(table: str | None = None, *, chapter_notebook: str | None = None)
         )
     chapter, _, notebook = current_notebook(chapter_notebook).rpartition("/")
     filename = f"{notebook}-{table}.csv" if table else f"{notebook}.csv"
-    return run_dir() / "results" / chapter / filename
+    return results_dir() / chapter / filename
 
 
 def save_table(df, table: str | None = None, *, chapter_notebook: str | None = None) -> Path:
@@ -245,7 +254,7 @@ _KERNEL_RUN = uuid.uuid4().hex
 def verdicts_path(chapter_notebook: str | None = None) -> Path:
     """Where `save_verdict` records the running notebook's verdicts: ``<run dir>/results/<chapter>/<notebook>-verdicts.json``."""
     chapter, _, notebook = current_notebook(chapter_notebook).rpartition("/")
-    return run_dir() / "results" / chapter / f"{notebook}{VERDICTS_SUFFIX}"
+    return results_dir() / chapter / f"{notebook}{VERDICTS_SUFFIX}"
 
 
 def save_verdict(item: str, verdict: str, evidence: str, *, chapter_notebook: str | None = None) -> Path:

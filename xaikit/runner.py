@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import glob
 import hashlib
 import io
 import json
@@ -383,9 +384,12 @@ def run_notebook(name: str, profile: str, *, source: Path = NOTEBOOKS, output_di
     kept = run_dir / PREVIOUS / f"{name}.ipynb"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.unlink(missing_ok=True)
+    staged_results = run_dir / "partial" / f"results-{name.replace('/', '--')}"
+    shutil.rmtree(staged_results, ignore_errors=True)
     error_class = error_message = ""
     started = time.monotonic()
-    environment = {"XAIKIT_RUN_DIR": str(run_dir), "XAIKIT_NOTEBOOK": name, "XAIKIT_PROFILE": profile}
+    environment = {"XAIKIT_RUN_DIR": str(run_dir), "XAIKIT_NOTEBOOK": name, "XAIKIT_PROFILE": profile,
+                   "XAIKIT_RESULTS_DIR": str(staged_results)}
     with _PeakMemory() as memory, _kernel_environment(environment):
         try:
             papermill.execute_notebook(
@@ -420,6 +424,7 @@ def run_notebook(name: str, profile: str, *, source: Path = NOTEBOOKS, output_di
     if error_class:
         # the page must not stand for its failed re-run, nor be lost with it
         entry["previous"] = _keep_previous_page(page, kept, latest_entries(run_dir)[0].get(name))
+        _move_results(staged_results, run_dir / "failed" / "results", name)  # for reading; the good results stay
         if partial.exists():
             failed.parent.mkdir(parents=True, exist_ok=True)
             os.replace(partial, failed)
@@ -435,11 +440,39 @@ def run_notebook(name: str, profile: str, *, source: Path = NOTEBOOKS, output_di
         nbformat.write(notebook, partial)
         page.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, page)
+        _move_results(staged_results, run_dir / "results", name)
         failed.unlink(missing_ok=True)
+        _remove_results(run_dir / "failed" / "results", name)
         kept.unlink(missing_ok=True)  # replaced by this run's page
         result = NotebookRun(name, True, seconds, entry["peak_memory_mb"], page)
     _save_entry(output_dir, entry, order or [name])
     return result
+
+
+def _result_files(results: Path, name: str) -> list[Path]:
+    """The tables and verdicts notebook `name` (chapter/NN_name) wrote under `results`."""
+    chapter, _, notebook = name.rpartition("/")
+    folder = results / chapter
+    return sorted(p for p in folder.glob(f"{glob.escape(notebook)}*") if p.is_file()
+                  and (p.name == f"{notebook}.csv" or p.name.startswith(f"{notebook}-")))
+
+
+def _remove_results(results: Path, name: str) -> None:
+    for path in _result_files(results, name):
+        path.unlink()
+
+
+def _move_results(staged: Path, results: Path, name: str) -> None:
+    """Replace notebook `name`'s files under `results` by what its run wrote into `staged`.
+
+    A table an earlier run wrote and this run no longer writes goes too: the results are those of one run.
+    """
+    _remove_results(results, name)
+    for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+        target = results / path.relative_to(staged)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def _keep_previous_page(page: Path, kept: Path, latest: dict | None) -> dict | None:
