@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 import xaikit
 import xaikit.train as training
+from xaikit.train import cli
 from paper_fixtures import write_cifar10_binary, write_random_weights
 from xaikit.errors import InvalidParameterError, WeightsUnavailableError
 from xaikit.train import (
@@ -273,7 +274,7 @@ def test_init_weights_for_a_recipe_trained_from_scratch_are_refused(tmp_path):
 
 def test_cli_passes_the_starting_weights_file(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(training, "train", lambda config, **kwargs: calls.append((config, kwargs)))
+    monkeypatch.setattr(cli, "train", lambda config, **kwargs: calls.append((config, kwargs)))
     main(["deit_base-cifar10", "--init-weights", str(tmp_path / "deit.safetensors"), "--threads", "1"])
     (config, kwargs), = calls
     assert config == RECIPES["deit_base-cifar10"]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 import xaikit
 import xaikit.train as training
+from xaikit.train import loop
 from paper_fixtures import write_imagenet_folder, write_random_weights
 from xaikit.data import lidc
 from xaikit.data.synthetic import LIDC_BIOMARKERS
@@ -66,8 +67,8 @@ def test_probe_trains_only_the_head_and_keeps_the_best_validation_epoch(tmp_path
         heads.append({k: v.detach().clone() for k, v in model.head.state_dict().items()})
         return scripted[len(heads) - 1]
 
-    monkeypatch.setattr(training, "validation_loss", scripted_loss)
-    monkeypatch.setattr(training, "chance_threshold", lambda labels, classes: -1.0)  # 4 test images: not learnable
+    monkeypatch.setattr(loop, "validation_loss", scripted_loss)
+    monkeypatch.setattr(loop, "chance_threshold", lambda labels, classes: -1.0)  # 4 test images: not learnable
     card = train(probe_config(train_root, val_root), out_dir=tmp_path / "out", work_dir=tmp_path / "work",
                  init_weights=start, device="cpu", log=quiet)
 
@@ -162,7 +163,7 @@ def test_lidc_data_split_labels_and_slices(tmp_path, monkeypatch):
 
 def test_lidc_biomarkers_are_standardised_with_the_training_split(tmp_path, monkeypatch):
     path, cohort, order = lidc_files(tmp_path, monkeypatch)
-    monkeypatch.setattr(training, "mean_baseline_threshold", lambda z: float("inf"))  # random cubes: not learnable
+    monkeypatch.setattr(loop, "mean_baseline_threshold", lambda z: float("inf"))  # random cubes: not learnable
     start = dino_stand_in(tmp_path)
     config = lidc_recipe("biomarkers", path, timm_kwargs=training._dino_kwargs(8, **TINY), epochs=2, batch_size=8,
                          bf16_autocast=False, monitor_size=4)
@@ -177,7 +178,7 @@ def test_lidc_biomarkers_are_standardised_with_the_training_split(tmp_path, monk
 
 def test_lidc_malignancy_recipe_trains_all_weights(tmp_path, monkeypatch):
     path, cohort, order = lidc_files(tmp_path, monkeypatch)
-    monkeypatch.setattr(training, "chance_threshold", lambda labels, classes: -1.0)
+    monkeypatch.setattr(loop, "chance_threshold", lambda labels, classes: -1.0)
     start = dino_stand_in(tmp_path)
     config = lidc_recipe("malignancy", path, timm_kwargs=training._dino_kwargs(2, **TINY), epochs=1, batch_size=8,
                          bf16_autocast=False, monitor_size=4)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import xaikit.train as training
+from xaikit.train import cards, cli
 from xaikit.errors import DataIntegrityError, InvalidParameterError, WeightsUnavailableError
 from xaikit.train import (
     RECIPES,
@@ -135,7 +136,7 @@ def test_the_shipped_weights_are_replaced_only_with_replace_shipped(tmp_path, mo
 
     # With a stand-in for the package folder: replace_shipped=True writes there, and only there.
     stand_in = tmp_path / "package-weights"
-    monkeypatch.setattr(training, "WEIGHTS_DIR", stand_in)
+    monkeypatch.setattr(cards, "WEIGHTS_DIR", stand_in)
     with pytest.raises(InvalidParameterError, match="pass one or the other"):
         train(TINY, out_dir=tmp_path / "elsewhere", replace_shipped=True, log=quiet)
     card = train(TINY, replace_shipped=True, log=quiet)
@@ -145,7 +146,7 @@ def test_the_shipped_weights_are_replaced_only_with_replace_shipped(tmp_path, mo
 
 def test_cli_trains_into_the_cache_unless_told_to_replace_the_shipped_models(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(training, "train", lambda config, **kwargs: calls.append((config, kwargs)))
+    monkeypatch.setattr(cli, "train", lambda config, **kwargs: calls.append((config, kwargs)))
     threads = ["--threads", str(torch.get_num_threads())]
 
     main(["demo-shapes-vit", "--epochs", "3", *threads])
@@ -162,7 +163,7 @@ def test_cli_trains_into_the_cache_unless_told_to_replace_the_shipped_models(mon
 
 @pytest.mark.parametrize("epochs", ["0", "-1", "two"])
 def test_cli_refuses_epochs_below_one(epochs, monkeypatch, capsys):
-    monkeypatch.setattr(training, "train", lambda *args, **kwargs: pytest.fail("trained despite bad --epochs"))
+    monkeypatch.setattr(cli, "train", lambda *args, **kwargs: pytest.fail("trained despite bad --epochs"))
     with pytest.raises(SystemExit) as exit_info:
         main(["demo-shapes-vit", "--epochs", epochs, "--threads", str(torch.get_num_threads())])
     assert exit_info.value.code == 2

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from .errors import DataIntegrityError, WeightsUnavailableError
+from .weight_files import load_weights
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEMO_MODELS: dict[str, Path] = {card.stem: card for card in sorted(WEIGHTS_DIR.glob("*.json"))}
@@ -39,8 +40,6 @@ def load_from_card(card_path: Path, *, remedy: str) -> nn.Module:
     its weights are missing, unreadable or do not belong together.
     """
     import timm
-
-    from .models import load_weights
 
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))

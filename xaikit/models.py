@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import difflib
 import os
-import pickle
 import socket
-import sys
 import threading
-import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from .errors import DataIntegrityError, InvalidParameterError, WeightsUnavailableError
+from .demo_models import DEMO_MODELS, load_demo_model, model_card
+from .errors import InvalidParameterError, WeightsUnavailableError
 from .introspection import check_vit
+# read_state_dict and load_weights live with the file readers (`xaikit.weight_files`); named here too, as before.
+from .weight_files import WEIGHT_SUFFIXES, load_weights, read_state_dict  # noqa: F401
 
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 PROBE_TIMEOUT_S = 3.0
 
@@ -56,19 +55,17 @@ def load_model(
     ``device=``. ``hf-hub:timm/<name>`` is the timm name ``<name>``; other
     ``hf-hub:`` names are loaded by timm from the Hugging Face Hub (online only).
     """
-    from . import demo_models
-
     if not isinstance(name, str) or not name.strip():
         raise InvalidParameterError(
             f"load_model needs a model name (a str); got {name!r}. Demo models: "
-            f"{', '.join(demo_models.DEMO_MODELS)}; timm ViTs: timm.list_models('vit*'), e.g. 'vit_base_patch16_224.augreg_in21k'"
+            f"{', '.join(DEMO_MODELS)}; timm ViTs: timm.list_models('vit*'), e.g. 'vit_base_patch16_224.augreg_in21k'"
         )
     if name.startswith("hf-hub:timm/"):
         # timm's own Hub repos are named after the timm model: use the local-first path below.
         name = name.removeprefix("hf-hub:timm/")
-    if name in demo_models.DEMO_MODELS:
+    if name in DEMO_MODELS:
         _refuse_demo_options(name, weights=weights, pretrained=pretrained, timm_kwargs=timm_kwargs)
-        model = demo_models.load_demo_model(name)
+        model = load_demo_model(name)
     elif name.startswith("hf-hub:"):
         model = _create_from_hub(name, weights=weights, pretrained=pretrained, **timm_kwargs)
     else:
@@ -85,8 +82,6 @@ def load_model(
 
 
 def _refuse_demo_options(name: str, *, weights, pretrained: bool, timm_kwargs: dict) -> None:
-    from .demo_models import model_card
-
     given = [f"weights={weights!r}"] if weights is not None else []
     given += ["pretrained=False"] if not pretrained else []
     given += [f"{key}={value!r}" for key, value in timm_kwargs.items()]
@@ -131,8 +126,6 @@ def _create_from_hub(name: str, *, weights, pretrained: bool, **timm_kwargs) -> 
 def _create(name: str, **timm_kwargs) -> nn.Module:
     import timm
 
-    from .demo_models import DEMO_MODELS
-
     architecture = name.split(".", 1)[0]
     if not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, [*DEMO_MODELS, *timm.list_models()], n=5)
@@ -143,117 +136,6 @@ def _create(name: str, **timm_kwargs) -> nn.Module:
     except RuntimeError as err:  # unknown pretrained tag
         tags = timm.list_pretrained(f"{architecture}.*")
         raise InvalidParameterError(f"{err}; pretrained tags of {architecture}: {', '.join(tags) or 'none'}") from err
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file; pickled checkpoints are read with ``weights_only=True``."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-        raise InvalidParameterError(
-            f"weights= is the folder {path}; pass the weights file itself"
-            + (f", e.g. {path / inside[0]} (found: {', '.join(inside[:5])})" if inside else f" ({', '.join(WEIGHT_SUFFIXES)})")
-        )
-    if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {path} does not exist")
-    redownload = "delete it and download (or re-save) it again"
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as err:  # SafetensorError on truncated/empty files, OSError, ...
-            raise DataIntegrityError(
-                f"cannot read {path}: it is truncated, empty or not a safetensors file ({type(err).__name__}: {err}); {redownload}"
-            ) from err
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise InvalidParameterError(f"weights file {path} has suffix {path.suffix!r}; xaikit reads {', '.join(WEIGHT_SUFFIXES)}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # holds objects other than tensors and containers
-        raise WeightsUnavailableError(
-            f"could not read {path} as a weights-only checkpoint ({err}); convert it to .safetensors "
-            "on a trusted machine, or re-save the bare state_dict with torch.save"
-        ) from err
-    except Exception as err:
-        raise DataIntegrityError(
-            f"cannot read {path}: it is truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err}); {redownload}"
-        ) from err
-    # Training checkpoints nest the weights (DeiT: 'model'; Lightning: 'state_dict').
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-    resave = "re-save the weights with torch.save(model.state_dict(), path) or as .safetensors"
-    if not isinstance(checkpoint, dict):
-        raise DataIntegrityError(
-            f"{path} holds a {type(checkpoint).__name__}, not a state_dict (a dict of parameter names to tensors); {resave}"
-        )
-    not_tensors = [str(k) for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise DataIntegrityError(
-            f"{path} is not a state_dict: {_few(not_tensors)} are not tensors "
-            f"(weights nested under 'model', 'state_dict' or 'model_state_dict' are found); {resave}"
-        )
-    return {str(k).removeprefix("module."): v for k, v in checkpoint.items()}
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a local weights file into `model`, adapting original-format checkpoints via timm."""
-    state_dict = read_state_dict(path)
-    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        _warn_resampling(state_dict, model, path)
-        state_dict = filter_fn(state_dict, model)
-    try:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as err:  # tensors of other shapes (e.g. another num_classes)
-        raise WeightsUnavailableError(
-            f"{path} does not fit {type(model).__name__}: {err}\nCheck that the file belongs to this model name "
-            "(and num_classes, embed_dim, depth)."
-        ) from err
-    if missing or unexpected:
-        raise WeightsUnavailableError(
-            f"{path} does not fit {type(model).__name__}: missing {_few(missing)}, unexpected {_few(unexpected)}. "
-            "Check that the file belongs to this model name (and num_classes)."
-        )
-    return model
-
-
-def _warn_resampling(state_dict: dict[str, torch.Tensor], model: nn.Module, path) -> None:
-    """Warn when timm's checkpoint filter will resample the patch embedding or position grid."""
-    patch_weight = state_dict.get("patch_embed.proj.weight")
-    model_patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    changes = []
-    if patch_weight is not None and patch_weight.ndim == 4 and model_patch is not None:
-        old_patch = tuple(patch_weight.shape[-2:])
-        if old_patch != tuple(model_patch):
-            changes.append(f"patch size {_hw(old_patch)} -> {_hw(model_patch)}")
-    pos_embed = state_dict.get("pos_embed")
-    if pos_embed is not None and getattr(model, "pos_embed", None) is not None and pos_embed.ndim == 3:
-        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
-        old_tokens = pos_embed.shape[1] - prefix
-        new_grid = tuple(model.patch_embed.grid_size)
-        if old_tokens != new_grid[0] * new_grid[1]:
-            side = round(old_tokens**0.5)
-            old_grid = f"{side}x{side}" if side * side == old_tokens else f"{old_tokens} positions"
-            changes.append(
-                f"position grid {old_grid} -> {_hw(new_grid)} (input {_hw(model.patch_embed.img_size)} px)"
-            )
-    if changes:
-        warnings.warn(
-            f"{path} was trained at another resolution; timm resamples its weights to fit the model: "
-            f"{'; '.join(changes)}. The model may behave differently from the checkpoint; create it with the "
-            "checkpoint's patch_size/img_size to use the weights as trained.",
-            stacklevel=3,
-        )
-
-
-def _hw(size) -> str:
-    return "x".join(str(int(s)) for s in size)
-
-
-def _few(keys: list[str]) -> str:
-    return "none" if not keys else ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
 
 def _load_pretrained(model: nn.Module, name: str) -> None:
