@@ -42,12 +42,15 @@ from pathlib import Path
 import yaml
 
 from .errors import DataIntegrityError, InvalidParameterError
-from .report import VERDICTS, VERDICTS_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 STATUS_FILE = "status.yml"
 BOOK_STATUS = REPO / "book" / STATUS_FILE
+# The demo's verdict on a paper's claim, recorded by the notebook (xaikit.report.save_verdict), never typed.
+HOLDS, DOES_NOT_HOLD, UNTESTABLE = "holds", "does not hold", "cannot be tested on the demo"
+VERDICTS = (HOLDS, DOES_NOT_HOLD, UNTESTABLE)
+VERDICTS_SUFFIX = "-verdicts.json"
 GENERATED = "_generated"
 RUN_DIR = "_run"
 NOT_YET, DEMO_DONE, PAPER_DONE = "not yet", "demo done", "paper done"

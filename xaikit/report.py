@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
+from .bookpages import BOOK_STATUS, DOES_NOT_HOLD, HOLDS, UNTESTABLE, VERDICTS, VERDICTS_SUFFIX, load_items  # noqa: F401  (re-exported)
 from .errors import DataUnavailableError, InvalidParameterError
 
 RUN_INFO_MIME = "application/vnd.xaikit.run-info+json"
@@ -243,9 +244,6 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
 
 # -- verdicts on the papers' claims ------------------------------------------------------------------------
 
-HOLDS, DOES_NOT_HOLD, UNTESTABLE = "holds", "does not hold", "cannot be tested on the demo"
-VERDICTS = (HOLDS, DOES_NOT_HOLD, UNTESTABLE)
-VERDICTS_SUFFIX = "-verdicts.json"
 # One per kernel: a verdict file written by an earlier run of the notebook is replaced, never merged into, so a
 # verdict the re-run no longer records cannot survive it.
 _KERNEL_RUN = uuid.uuid4().hex
@@ -271,7 +269,6 @@ def save_verdict(item: str, verdict: str, evidence: str, *, chapter_notebook: st
     import json
     from datetime import datetime, timezone
 
-    from .bookpages import BOOK_STATUS, load_items
     from .errors import DataIntegrityError
     from .fileio import atomic_write
 
