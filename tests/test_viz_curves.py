@@ -133,3 +133,42 @@ def test_perturbation_steps_refuse_mismatched_inputs():
         perturbation_steps_figure([steps(1)[0], steps(1, 3)[0]], [0.0, 0.5])
     with pytest.raises(InvalidParameterError, match="titles has 1 entries for 2 images"):
         perturbation_steps_figure(steps(), [0.0, 0.1, 0.5, 0.9], titles=["cat"])
+
+
+# -- tables for numbered captions ----------------------------------------------------------------------
+def test_table_markdown_keeps_the_stylers_formatting_and_the_index_name():
+    from xaikit.report import show_table
+    from xaikit.viz import table_markdown
+
+    frame = pd.DataFrame({"pixel accuracy": [84.04, 49.9], "mIoU": [42.0, np.nan]},
+                         index=pd.Index(["all_background", "a|b*"], name="method"))
+    assert table_markdown(show_table(frame, 1)).splitlines() == [
+        "| method | pixel accuracy | mIoU |", "|---|---|---|", "| all\\_background | 84.0 | 42.0 |", "| a\\|b\\* | 49.9 | – |",
+    ]
+    hidden = show_table(frame.reset_index(), 2).hide(axis="index")
+    assert table_markdown(hidden).splitlines()[0] == "| method | pixel accuracy | mIoU |"
+    assert table_markdown(frame.reset_index()).splitlines()[2] == "| all\\_background | 84.040000 | 42.000000 |"
+
+
+def test_table_markdown_refuses_what_markdown_cannot_show():
+    from xaikit.viz import table_markdown
+
+    with pytest.raises(InvalidParameterError, match="several levels"):
+        table_markdown(pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")])))
+    with pytest.raises(InvalidParameterError, match="DataFrame or Styler"):
+        table_markdown([[1, 2]])
+    with pytest.raises(InvalidParameterError, match="empty"):
+        table_markdown(pd.DataFrame())
+
+
+def test_glue_table_glues_markdown_without_showing_it(monkeypatch):
+    from myst_nb.ext import glue as glue_module
+
+    from xaikit.viz import glue_table
+
+    shown = []
+    monkeypatch.setattr(glue_module, "ipy_display", lambda data, raw, metadata: shown.append((data, metadata)))
+    glue_table("tab-x", pd.DataFrame({"a": [1]}))
+    ((data, metadata),) = shown
+    assert metadata["scrapbook"]["name"] == "tab-x"
+    assert data["application/papermill.record/text/markdown"] == "| a |\n|---|\n| 1 |"  # not displayed: the glue prefix

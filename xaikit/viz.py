@@ -9,6 +9,36 @@ Figures
     * a numbered caption: the notebook glues the figure (`glue_figure`) and shows it with
       a ``{glue:figure}`` block in a Markdown cell, which Sphinx numbers.
 
+Numbered figures and tables
+    The chapters are numbered (``numbered: true`` in ``book/_toc.yml``) and Sphinx numbers
+    figures and tables per chapter (``numfig``, ``numfig_secnum_depth`` 1): "Figure 3.2" is
+    the second figure of chapter 3, counted over the chapter's index and all its pages;
+    "Table 3.1" likewise. The papers' figures are named as "the paper's Fig. 5", never
+    "Figure 5", so the two never collide. A page refers to its own figures and tables by
+    name with the numref role, {numref}`fig-name`, which fills the number in; never by a typed number.
+
+    A figure: ``glue_figure("fig-name", fig)`` in a code cell, then in a Markdown cell::
+
+        ```{glue:figure} fig-name
+        :name: fig-name
+
+        Caption: what the figure shows, in one or two sentences.
+        ```
+
+    A table: ``glue_table("tab-name", show_table(df, 1))`` in a code cell (a DataFrame or a
+    pandas Styler; the Styler's formatting is kept), then in a Markdown cell a ``{table}``
+    block around a ``{glue:md}`` of it (four backticks outside, three inside)::
+
+        ````{table} Caption: what the table shows.
+        :name: tab-name
+
+        ```{glue:md} tab-name
+        :format: myst
+        ```
+        ````
+
+    Every ``{glue:figure}`` and ``{table}`` block has a ``:name:`` (tests/test_book_text.py).
+
 How big a figure is in the book
     The book is read on a desktop browser window of 1400 px or more, where the content
     column of the sphinx-book-theme page is about 790 CSS px wide. Figures are drawn at
@@ -508,6 +538,65 @@ def perturbation_steps_figure(images_at_steps, fractions: Sequence[float], title
         for row, title in enumerate(titles):
             axes[row, 0].set_ylabel(str(title), fontsize=TICK_PT)
     return fit_to_book(fig)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_|$<>\[\]~])")
+
+
+def table_markdown(table) -> str:
+    """A DataFrame or pandas Styler as a Markdown (pipe) table, the cells as the Styler formats them.
+
+    The index is the first column(s), headed by its name(s), unless the Styler hides it (a
+    DataFrame's unnamed row numbers are left out); a DataFrame's numbers are written as pandas
+    writes them (round them with ``xaikit.report.show_table(df, precision)``). Markdown's
+    special characters in the cells are escaped. Columns must be one level.
+    """
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
+    if isinstance(table, pd.DataFrame):
+        plain_index = isinstance(table.index, pd.RangeIndex) and table.index.name is None
+        table = table.style.format(na_rep="–")
+        if plain_index:  # row numbers 0, 1, ... say nothing
+            table = table.hide(axis="index")
+    if not isinstance(table, Styler):
+        raise InvalidParameterError(
+            f"a table must be a pandas DataFrame or Styler (e.g. xaikit.report.show_table(df, 1)); got {type(table).__name__}"
+        )
+    frame = table.data
+    if frame.columns.nlevels > 1:
+        raise InvalidParameterError(
+            "the table's columns have several levels, which a Markdown table cannot show: join them into one "
+            "(df.columns = [' '.join(map(str, c)) for c in df.columns])"
+        )
+    if frame.empty:
+        raise InvalidParameterError("the table is empty: give at least one row and one column")
+    delimiter = "\x1f"  # a character no cell holds
+    lines = table.to_string(delimiter=delimiter).rstrip("\n").split("\n")
+    rows = [line.split(delimiter) for line in lines]
+    index_shown = len(rows[0]) > len(frame.columns)
+    body = rows[-len(frame):]
+    header = rows[0]
+    if index_shown:
+        levels = len(header) - len(frame.columns)
+        names = [str(n) if n is not None else "" for n in frame.index.names]
+        header = names[:levels] + header[levels:]
+
+    def line(cells):
+        return "| " + " | ".join(_MARKDOWN_SPECIAL.sub(r"\\\1", cell.strip()) for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(row) for row in body])
+
+
+def glue_table(name: str, table) -> None:
+    """Glue `table` (a DataFrame or a Styler such as ``show_table(df, 1)``) as Markdown under `name`, for a
+    numbered ``{table}`` block around ``{glue:md}`` (see "Numbered figures and tables" above).
+
+    Nothing is shown in the cell's output, so the table appears once, with its caption."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    glue(name, Markdown(table_markdown(table)), display=False)
 
 
 # -- docstrings as Markdown -----------------------------------------------------------------
