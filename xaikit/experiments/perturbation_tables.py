@@ -47,6 +47,8 @@ CIFAR_DEIT = {"cifar10": "deit_base_patch16_224-cifar10.safetensors", "cifar100"
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 Methods = Mapping[str, tuple[str, Mapping]]
+#: PerturbationRun.per_image's scores -> the per-image field of `PerturbationResult`
+PER_IMAGE_SCORES = {"auc": "auc_per_image", "aopc": "aopc_per_image", "lodds": "lodds_per_image"}
 
 
 def _check_methods(methods: Methods) -> dict[str, tuple[str, dict]]:
@@ -127,6 +129,18 @@ class PerturbationRun:
             raise InvalidParameterError("AOPC and LOdds need the positive test of the predicted class: run with those")
         table = table.rename(columns={"aopc": "AOPC", "aopc_sem": "AOPC_sem", "lodds": "LOdds", "lodds_sem": "LOdds_sem"})
         return table[["method", "AOPC", "AOPC_sem", "LOdds", "LOdds_sem", "images"]].reset_index(drop=True)
+
+    def per_image(self, score: str = "auc", *, explained: str = "predicted", order: str = "positive") -> pd.DataFrame:
+        """Every method's per-image `score` (``"auc"``, ``"aopc"`` or ``"lodds"``) of one test: rows the
+        images (in the run's order, the same for every method), columns the methods' row labels, for
+        paired comparisons (`xaikit.stats.rank_intervals`, `xaikit.verdicts`)."""
+        if score not in PER_IMAGE_SCORES:
+            raise InvalidParameterError(f"score must be one of {list(PER_IMAGE_SCORES)}; got {score!r}")
+        columns = {label: self.results.get((label, explained, order)) for label in self.methods}
+        if any(result is None for result in columns.values()):
+            ran = sorted({(e, o) for _, e, o in self.results})
+            raise InvalidParameterError(f"this run has no {explained!r} class, {order!r} order test; it ran {ran}")
+        return pd.DataFrame({label: getattr(result, PER_IMAGE_SCORES[score]).double().numpy() for label, result in columns.items()})
 
     def curves(self) -> pd.DataFrame:
         """The mean curves: one row per (method, explained, order, fraction) with ``accuracy``

@@ -194,6 +194,113 @@ def _check_methods(methods: Mapping[str, tuple[str, dict]]) -> dict[str, tuple[s
     return checked
 
 
+#: the row label of the "background everywhere" floor in the chapter's tables
+ALL_BACKGROUND_LABEL = "all background"
+
+
+def segmentation_per_image(stats: Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """Each image's own segmentation scores (percent), from `xaikit.metrics.segmentation_stats`' dict.
+
+    Columns ``pixel accuracy`` (correct pixels over the image's pixels), ``mAP`` (the image's AP) and
+    ``mIoU`` (the mean over background and foreground of the image's own IoU). Their means over images
+    are not the pooled scores of Table 1 (pixel accuracy and IoU pool pixels over all images; the mean
+    of the APs is the same), but they are what a paired comparison over the same images needs.
+    """
+    missing = [key for key in ("correct", "labeled", "intersection", "union", "ap") if key not in stats]
+    if missing:
+        raise InvalidParameterError(f"statistics lack {', '.join(missing)}; make them with xaikit.metrics.segmentation_stats")
+    correct = torch.as_tensor(stats["correct"]).double()
+    labeled = torch.as_tensor(stats["labeled"]).double()
+    intersection = torch.as_tensor(stats["intersection"]).double()
+    union = torch.as_tensor(stats["union"]).double()
+    eps = float(np.spacing(1))
+    return pd.DataFrame({
+        "pixel accuracy": (100 * correct / (labeled + eps)).numpy(),
+        "mAP": (100 * torch.as_tensor(stats["ap"]).double()).numpy(),
+        "mIoU": (100 * (intersection / (union + eps)).mean(1)).numpy(),
+    })
+
+
+@dataclass
+class SegmentationScores:
+    """Table 1 pooled as the reference pools it (`table`) and every row's per-image scores (`per_image`).
+
+    ``per_image[label]`` is `segmentation_per_image` of that row: one row per image, in the order the
+    batches gave them, the same images for every row.
+    """
+
+    table: pd.DataFrame
+    per_image: dict[str, pd.DataFrame]
+
+    def scores(self, metric: str) -> pd.DataFrame:
+        """One metric of every row: rows images, columns the table's rows (for `xaikit.stats.rank_intervals`)."""
+        if metric not in SEGMENTATION_METRICS:
+            raise InvalidParameterError(f"metric must be one of {list(SEGMENTATION_METRICS)}; got {metric!r}")
+        return pd.DataFrame({label: frame[metric].to_numpy() for label, frame in self.per_image.items()})
+
+
+def segmentation_scores(
+    model: nn.Module,
+    batches: Iterable,
+    methods: Mapping[str, tuple[str, dict]],
+    batch_size: int | None = None,
+    *,
+    all_background: bool = False,
+) -> SegmentationScores:
+    """Table 1 (see `segmentation_table`) with every row's per-image scores kept.
+
+    With ``all_background=True`` a last row ``"all background"`` (`ALL_BACKGROUND_LABEL`, identifier
+    ``all_background``) scores the floor that predicts background everywhere
+    (`xaikit.protocols.segmentation.all_background_stats`), on the same masks; its times are 0.
+    """
+    from ..protocols.segmentation import all_background_stats
+
+    methods = _check_methods(methods)
+    if ALL_BACKGROUND_LABEL in methods:
+        raise InvalidParameterError(f"{ALL_BACKGROUND_LABEL!r} is the floor's row: name no method so")
+    protocol = Segmentation(upsample_mode="bilinear")
+    stats: dict[str, list] = {label: [] for label in methods}
+    floor: list = []
+    wall = dict.fromkeys(methods, 0.0)
+    cpu = dict.fromkeys(methods, 0.0)
+    from .. import explain
+
+    for batch in batches:
+        images, masks = _batch_parts(batch)
+        if len(images) != len(masks):
+            raise InvalidParameterError(f"a batch has {len(images)} images but {len(masks)} masks")
+        if len(images) == 0:
+            continue
+        for label, (method, settings) in methods.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            maps = explain(model, images, method, None, batch_size=batch_size, **settings)
+            stats[label].append(protocol(maps, masks).per_image)
+            wall[label] += time.perf_counter() - started
+            cpu[label] += time.process_time() - started_cpu
+        if all_background:
+            floor.append(all_background_stats(torch.as_tensor(masks).cpu()))
+    if not any(stats.values()):
+        raise InvalidParameterError("batches yielded no images: give at least one (images, masks) batch")
+    rows, per_image = [], {}
+    parts = dict(stats, **({ALL_BACKGROUND_LABEL: floor} if all_background else {}))
+    for label, part in parts.items():
+        pooled = Segmentation.pool(part)
+        summary = pooled.summary(percent=True)
+        count = len(pooled.per_image["ap"])
+        per_image[label] = segmentation_per_image(pooled.per_image)
+        rows.append(
+            {
+                "method": label,
+                **{column: summary[key] for column, key in SEGMENTATION_METRICS.items()},
+                "images": count,
+                "degenerate maps": int(pooled.per_image["degenerate"].sum()),
+                "seconds per image": wall.get(label, 0.0) / count,
+                "CPU seconds per image": cpu.get(label, 0.0) / count,
+            }
+        )
+    return SegmentationScores(table=pd.DataFrame(rows).set_index("method"), per_image=per_image)
+
+
 def segmentation_table(
     model: nn.Module,
     batches: Iterable,
@@ -216,44 +323,9 @@ def segmentation_table(
     ``images``, ``degenerate maps`` (maps min-max could not normalise, scored as the
     reference scores them), and ``seconds per image`` and ``CPU seconds per image``
     (explaining and scoring; the CPU time counts every thread of this process).
+    `segmentation_scores` keeps the per-image scores too.
     """
-    methods = _check_methods(methods)
-    protocol = Segmentation(upsample_mode="bilinear")
-    stats: dict[str, list] = {label: [] for label in methods}
-    wall = dict.fromkeys(methods, 0.0)
-    cpu = dict.fromkeys(methods, 0.0)
-    from .. import explain
-
-    for batch in batches:
-        images, masks = _batch_parts(batch)
-        if len(images) != len(masks):
-            raise InvalidParameterError(f"a batch has {len(images)} images but {len(masks)} masks")
-        if len(images) == 0:
-            continue
-        for label, (method, settings) in methods.items():
-            started, started_cpu = time.perf_counter(), time.process_time()
-            maps = explain(model, images, method, None, batch_size=batch_size, **settings)
-            stats[label].append(protocol(maps, masks).per_image)
-            wall[label] += time.perf_counter() - started
-            cpu[label] += time.process_time() - started_cpu
-    if not any(stats.values()):
-        raise InvalidParameterError("batches yielded no images: give at least one (images, masks) batch")
-    rows = []
-    for label in methods:
-        pooled = Segmentation.pool(stats[label])
-        summary = pooled.summary(percent=True)
-        count = len(pooled.per_image["ap"])
-        rows.append(
-            {
-                "method": label,
-                **{column: summary[key] for column, key in SEGMENTATION_METRICS.items()},
-                "images": count,
-                "degenerate maps": int(pooled.per_image["degenerate"].sum()),
-                "seconds per image": wall[label] / count,
-                "CPU seconds per image": cpu[label] / count,
-            }
-        )
-    return pd.DataFrame(rows).set_index("method")
+    return segmentation_scores(model, batches, methods, batch_size).table
 
 
 # -- our ranking against the paper's --------------------------------------------------------------
