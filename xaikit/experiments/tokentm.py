@@ -28,6 +28,12 @@ METHODS: dict[str, tuple[str, dict]] = {
     "Random": ("random", {}),
 }
 
+#: the floors besides Random (a map that knows nothing): "the object is in the middle", a centred Gaussian
+#: (sigma a quarter of the token grid's side). Segmentation adds "all background" (no map at all).
+FLOOR_METHODS: dict[str, tuple[str, dict]] = {"centre prior": ("centre_prior", {})}
+#: every floor row label of the chapter's tables
+FLOOR_LABELS = ("Random", "centre prior", "all background")
+
 _T1 = """method,pixel accuracy,mAP,mIoU
 Grad-CAM,67.37,79.20,46.13
 LRP,50.96,55.87,32.82
