@@ -159,6 +159,45 @@ def show_table(df, precision: int, caption: str | None = None, *, scientific: bo
     return styler
 
 
+def golden_dir_checked(golden_dir: Path | None = None) -> Path:
+    """The folder of the reference outputs (default: the repository's ``tests/golden``), refused when it lacks them."""
+    golden_dir = Path(golden_dir or REPO / "tests" / "golden")
+    if not (golden_dir / "config.json").is_file():
+        raise DataUnavailableError(
+            f"no reference outputs in {golden_dir}: they ship with the xaikit repository (tests/golden); "
+            "run the notebook from a git checkout or pass golden_dir"
+        )
+    return golden_dir
+
+
+def golden_file(golden_dir: Path, name: str) -> dict:
+    """The arrays of ``<golden_dir>/<name>.npz``."""
+    import numpy as np
+
+    with np.load(Path(golden_dir) / f"{name}.npz") as data:
+        return dict(data)
+
+
+def golden_model(golden_dir: Path, which: str, dtype=None):
+    """Reference model `which` ("A" or "B") of the golden files, as a timm VisionTransformer in `dtype` (eval mode)."""
+    import json
+    from functools import partial
+
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    from torch import nn
+
+    c = json.loads((Path(golden_dir) / "config.json").read_text())[f"model{which}"]
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
+        num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, num_classes=c["num_classes"],
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    ).eval()
+    vit.load_state_dict(load_file(str(Path(golden_dir) / f"model_{which}.safetensors")), strict=True)
+    return vit.to(dtype or torch.float32)
+
+
 def golden_errors(golden_dir: Path | None = None, precisions: Sequence[str] = ("float32", "float64")) -> "pd.DataFrame":  # noqa: F821
     """Relative errors of raw attention, rollout and GAE against the reference code's outputs.
 
@@ -167,39 +206,17 @@ def golden_errors(golden_dir: Path | None = None, precisions: Sequence[str] = ("
     (``"float32"``, ``"float64"``), with the error ``max |ours - reference| / max |reference|``: the figures
     ``tests/test_golden_equivalence.py`` checks against its tolerances.
     """
-    import json
     from functools import partial
 
     import numpy as np
     import pandas as pd
-    import timm
     import torch
-    from safetensors.torch import load_file
-    from torch import nn
 
     from .methods import get_method
 
-    golden_dir = Path(golden_dir or REPO / "tests" / "golden")
-    if not (golden_dir / "config.json").is_file():
-        raise DataUnavailableError(
-            f"no reference outputs in {golden_dir}: they ship with the xaikit repository (tests/golden); "
-            "run the notebook from a git checkout or pass golden_dir"
-        )
-    config = json.loads((golden_dir / "config.json").read_text())
-
-    def load(name: str) -> dict:
-        with np.load(golden_dir / f"{name}.npz") as data:
-            return dict(data)
-
-    def model(which: str, dtype) -> nn.Module:
-        c = config[f"model{which}"]
-        vit = timm.models.vision_transformer.VisionTransformer(
-            img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
-            num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, num_classes=c["num_classes"],
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        ).eval()
-        vit.load_state_dict(load_file(str(golden_dir / f"model_{which}.safetensors")), strict=True)
-        return vit.to(dtype)
+    golden_dir = golden_dir_checked(golden_dir)
+    load = partial(golden_file, golden_dir)
+    model = partial(golden_model, golden_dir)
 
     def error(ours: torch.Tensor, reference: np.ndarray) -> float:
         ours = ours.detach().cpu().numpy().reshape(reference.shape)
