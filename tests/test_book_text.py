@@ -78,3 +78,140 @@ def test_each_paper_chapter_cites_its_paper_with_a_link_and_says_where_the_code_
 def test_page_01_says_it_traces_a_batch():
     text = "\n".join(cells(REPO / "notebooks/foundations/01_anatomy.ipynb", "markdown"))
     assert "one image" not in text and "a batch" in text
+
+
+# -- numbered figures and tables (issue 14) ---------------------------------------------------------------
+FENCE = re.compile(r"^(`{3,}|:{3,})\{(glue:figure|table)\}[^\n]*\n((?::[\w-]+:[^\n]*\n)*)", re.M)
+
+
+def numbered_blocks(markdown: str) -> list[tuple[str, str | None]]:
+    """(directive, :name: or None) of every {glue:figure} and {table} block."""
+    found = []
+    for match in FENCE.finditer(markdown):
+        name = re.search(r"^:name:\s*(\S+)", match.group(3), re.M)
+        found.append((match.group(2), name.group(1) if name else None))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_numbered_figure_and_table_block_has_a_name(path):
+    markdown = "\n".join(cells(path, "markdown"))
+    blocks = numbered_blocks(markdown)
+    assert [kind for kind, name in blocks if name is None] == [], f"{path.name}: a {{glue:figure}} or {{table}} without :name:"
+    names = [name for _, name in blocks]
+    assert len(names) == len(set(names)), f"{path.name}: two blocks share a :name:"
+
+
+def test_the_name_check_catches_a_block_without_name():
+    assert numbered_blocks("```{glue:figure} fig-a\n:figwidth: 50%\n\nCaption\n```\n") == [("glue:figure", None)]
+    assert numbered_blocks("````{table} Caption\n:name: tab-a\n\n```{glue:md} tab-a\n```\n````\n") == [("table", "tab-a")]
+
+
+def test_the_book_numbers_its_chapters():
+    options = yaml.safe_load((REPO / "book/_toc.yml").read_text()).get("options", {})
+    assert options.get("numbered") is True
+    sphinx = yaml.safe_load((REPO / "_config.yml").read_text())["sphinx"]["config"]
+    assert sphinx["numfig"] is True and sphinx["numfig_secnum_depth"] == 1
+    assert sphinx["numfig_format"]["figure"] == "Figure %s" and sphinx["numfig_format"]["table"] == "Table %s"
+
+
+PAGE_CODE = '''import matplotlib.pyplot as plt
+import pandas as pd
+from xaikit.report import show_table
+from xaikit.viz import book_style, glue_figure, glue_table
+book_style()
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot([0, 1], [1, 0])
+glue_figure("fig-curve", fig)
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot([0, 1], [0, 1])
+glue_figure("fig-other", fig)
+table = pd.DataFrame({"pixel accuracy": [84.04, 49.9]}, index=pd.Index(["all_background", "random"], name="method"))
+glue_table("tab-floors", show_table(table, 1))
+'''
+
+PAGE_TEXT = '''Both figures and the table are numbered by chapter; {numref}`tab-floors` holds the floors.
+
+```{glue:figure} fig-curve
+:name: fig-curve
+
+A falling line.
+```
+
+```{glue:figure} fig-other
+:name: fig-other
+
+A rising line.
+```
+
+````{table} The floors.
+:name: tab-floors
+
+```{glue:md} tab-floors
+:format: myst
+```
+````
+'''
+
+
+def test_a_rendered_book_numbers_figures_and_tables_per_chapter(tmp_path, monkeypatch):
+    """A two-chapter book through `xaikit run` and `xaikit build` with the book's own configuration: the
+    numbers run on through a chapter's pages ("Figure 2.2" follows the chapter index's "Figure 2.1") and start
+    again in the next chapter; tables count apart ("Table 2.1")."""
+    import shutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xaikit.cli import build_book
+    from xaikit.runner import run_notebooks
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel and the build import this checkout's xaikit
+    source, book = tmp_path / "notebooks", tmp_path / "book"
+    page = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Results"),
+        nbformat.v4.new_code_cell('profile: str = "demo"  # smoke | demo | paper', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(PAGE_CODE),
+        nbformat.v4.new_markdown_cell(PAGE_TEXT),
+    ])
+    page.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (source / "two").mkdir(parents=True)
+    nbformat.write(page, source / "two" / "01_results.ipynb")
+    for folder in ("one", "two"):
+        (book / folder).mkdir(parents=True)
+    shutil.copytree(REPO / "book" / "_static", book / "_static")
+    for name in ("status.yml", "references.bib"):
+        shutil.copyfile(REPO / "book" / name, book / name)
+    fig, ax = plt.subplots(figsize=(2, 2))
+    for folder in ("one", "two"):
+        fig.savefig(book / folder / "picture.png")
+    plt.close(fig)
+    (book / "intro.md").write_text("# Intro\n\nNot numbered.\n")
+    (book / "one" / "index.md").write_text("# One\n\n```{figure} picture.png\n:name: fig-one\n\nA picture.\n```\n")
+    (book / "two" / "index.md").write_text("# Two\n\n```{figure} picture.png\n:name: fig-two\n\nAnother picture.\n```\n")
+    toc = {"format": "jb-book", "root": "intro",
+           "options": yaml.safe_load((REPO / "book/_toc.yml").read_text())["options"],
+           "chapters": [{"file": "one/index"}, {"file": "two/index", "sections": [{"file": "two/01_results"}]}]}
+    (book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    out = tmp_path / "out"
+    runs = run_notebooks("smoke", source=source, output_dir=out, book=book, log=lambda *_: None)
+    assert [run.ok for run in runs] == [True], runs[0].error[-2000:]
+    assert build_book(out) == 0  # warnings are errors
+
+    def text(name: str) -> str:
+        return " ".join(re.sub(r"<[^>]+>", " ", (out / "_build" / "html" / f"{name}.html").read_text()).split())
+
+    assert "Figure 1.1 A picture." in text("one/index") and "Figure 2.1 Another picture." in text("two/index")
+    results = text("two/01_results")
+    assert "Figure 2.2 A falling line." in results and "Figure 2.3 A rising line." in results
+    assert "Table 2.1 The floors." in results and "Table 2.1 holds the floors" in results
+    assert "all_background 84.0" in results and "random 49.9" in results  # the table's cells, as show_table rounds them
+    assert "2.1. Results" in results  # the page is section 1 of chapter 2
+    html = (out / "_build" / "html" / "two" / "01_results.html").read_text()
+    for name in ("fig-curve", "fig-other"):  # the glued figures are pictures
+        assert re.search(f'<figure[^>]*id="{name}">\\s*<img', html), name
+    # the parameters cell collapsed whole, the code cell's input collapsed, papermill's cell absent
+    assert re.findall(r'class="cell (tag_[^"]*) docutils container"', html) == ["tag_parameters tag_hide-cell", "tag_hide-input"]
+    assert html.count('<details class="admonition hide above-input">') == 2 and 'profile = "smoke"' not in html

@@ -200,11 +200,32 @@ def test_each_page_opens_with_a_run_banner(executed):
         f"re-run: `xaikit run --profile smoke --only demo/01_ok --output-dir {out.resolve()} --force`",
     ):
         assert expected in text
-    hidden = [c for c in notebook.cells if {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
-    assert len(hidden) == 2 and all("remove-cell" in c.metadata.tags for c in hidden)
+    # the notebook's parameters cell is shown collapsed (a copied cell finds its names); papermill's is removed
+    parameters, injected, code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert parameters.metadata.tags == ["parameters", "hide-cell"]
+    assert injected.metadata.tags == ["injected-parameters", "remove-cell"]
+    assert code.metadata.tags == ["hide-input"]  # every other code cell collapsed, its output shown
     assert notebook.metadata.xaikit == {"notebook": "demo/01_ok", "profile": "smoke", "content_hash": entry["content_hash"]}
     untitled = nbformat.read(out / "demo" / "03_ok.ipynb", as_version=4)  # no title cell: the banner comes first
     assert untitled.cells[0].metadata.tags == [BANNER_TAG] and "**model" not in untitled.cells[0].source
+
+
+def test_code_cells_are_collapsed_unless_tagged_otherwise():
+    cells = [nbformat.v4.new_markdown_cell("# Title")]
+    cells += [nbformat.v4.new_code_cell("x = 1", metadata={"tags": tags}) for tags in (
+        [], ["show-input"], ["remove-input"], ["hide-output"], ["remove-cell"], ["parameters"], ["parameters", "remove-cell"],
+        ["injected-parameters"], ["hide-input"],
+    )]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    entry = {"notebook": "demo/x", "profile": "smoke", "content_hash": "0", "parameters": {}, "commit": None, "device": "cpu",
+             "wall_seconds": 1.0, "finished_at": "2026-01-01T00:00:00Z"}
+    runner._finish_page(notebook, entry, Path("notebooks/demo/x.ipynb"), Path("book"))
+    code = [c.metadata.tags for c in notebook.cells if c.cell_type == "code"]
+    assert code == [
+        ["hide-input"], ["show-input"], ["remove-input"], ["hide-output", "hide-input"], ["remove-cell"],
+        ["parameters", "hide-cell"], ["parameters", "remove-cell"], ["injected-parameters", "remove-cell"], ["hide-input"],
+    ]
+    assert [c.metadata.get("tags") for c in notebook.cells if c.cell_type == "markdown"] == [None, [BANNER_TAG]]
 
 
 def test_a_killed_run_leaves_no_half_executed_page(tmp_path):

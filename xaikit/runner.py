@@ -63,6 +63,10 @@ KERNEL = "python3"
 PUBLISHED_PROFILE = "demo"  # the only profile executed into the published book
 RUN_INFO_MIME = "application/vnd.xaikit.run-info+json"
 BANNER_TAG = "xaikit-banner"
+#: the tag that keeps a code cell's input open in the book (`_finish_page` collapses every other one)
+SHOW_INPUT_TAG = "show-input"
+#: tags that already say how a code cell's input shows (output tags such as hide-output do not)
+INPUT_VISIBILITY_TAGS = frozenset({SHOW_INPUT_TAG, "hide-input", "remove-input", "hide-cell", "remove-cell"})
 PREVIOUS = "previous"  # folder under _run/ keeping the last good page of a notebook whose latest run failed
 # Not copied from the book's sources into another output folder: outputs of runs and builds.
 NOT_BOOK_SOURCES = ("_build", "_run", "_generated", "*.ipynb", "__pycache__", ".ipynb_checkpoints")
@@ -349,16 +353,34 @@ def banner_markdown(entry: dict, source_notebook: Path, output_dir: Path) -> str
     return "```{admonition} Run record\n:class: note\n" + " · ".join(fields) + "\n```"
 
 
-def _finish_page(notebook: nbformat.NotebookNode, entry: dict, source_notebook: Path, output_dir: Path) -> None:
-    """Hide the parameters cells; put the run banner after the title cell; stamp the metadata.
+def _tag_for_the_book(tags: list[str]) -> None:
+    """Add the MyST-NB visibility tag of one code cell (see `_finish_page`) unless its input has one."""
+    if "injected-parameters" in tags:
+        wanted = "remove-cell"
+    elif "parameters" in tags:
+        wanted = "hide-cell"
+    else:
+        wanted = "hide-input"
+    if wanted not in tags and not set(tags) & INPUT_VISIBILITY_TAGS:
+        tags.append(wanted)
 
-    The banner says how the page was made: the notebook's own parameters cell shows its
-    defaults, not the values of this run, and papermill's injected cell is raw code.
+
+def _finish_page(notebook: nbformat.NotebookNode, entry: dict, source_notebook: Path, output_dir: Path) -> None:
+    """Collapse the code cells; put the run banner after the title cell; stamp the metadata.
+
+    Tags for the book (MyST-NB), so that notebooks need none of their own:
+
+    - the notebook's own ``parameters`` cell gets ``hide-cell``: shown collapsed, so a reader
+      who copies the cells below it has the names they use;
+    - papermill's ``injected-parameters`` cell gets ``remove-cell``: it is raw code, and the
+      banner states this run's parameters;
+    - every other code cell gets ``hide-input`` (its code collapsed, its output shown) unless
+      it carries ``show-input`` (one of the few calls a reader would copy, shown open) or a
+      ``hide-*``/``remove-*`` tag of its own.
     """
     for cell in notebook.cells:
-        tags = cell.metadata.setdefault("tags", [])
-        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
-            tags.append("remove-cell")
+        if cell.cell_type == "code":
+            _tag_for_the_book(cell.metadata.setdefault("tags", []))
     notebook.cells = [c for c in notebook.cells if BANNER_TAG not in c.metadata.get("tags", [])]
     banner = nbformat.v4.new_markdown_cell(banner_markdown(entry, source_notebook, output_dir), metadata={"tags": [BANNER_TAG]})
     title = next((i for i, c in enumerate(notebook.cells) if c.cell_type == "markdown"), -1)

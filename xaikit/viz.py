@@ -9,6 +9,36 @@ Figures
     * a numbered caption: the notebook glues the figure (`glue_figure`) and shows it with
       a ``{glue:figure}`` block in a Markdown cell, which Sphinx numbers.
 
+Numbered figures and tables
+    The chapters are numbered (``numbered: true`` in ``book/_toc.yml``) and Sphinx numbers
+    figures and tables per chapter (``numfig``, ``numfig_secnum_depth`` 1): "Figure 3.2" is
+    the second figure of chapter 3, counted over the chapter's index and all its pages;
+    "Table 3.1" likewise. The papers' figures are named as "the paper's Fig. 5", never
+    "Figure 5", so the two never collide. A page refers to its own figures and tables by
+    name with the numref role, {numref}`fig-name`, which fills the number in; never by a typed number.
+
+    A figure: ``glue_figure("fig-name", fig)`` in a code cell, then in a Markdown cell::
+
+        ```{glue:figure} fig-name
+        :name: fig-name
+
+        Caption: what the figure shows, in one or two sentences.
+        ```
+
+    A table: ``glue_table("tab-name", show_table(df, 1))`` in a code cell (a DataFrame or a
+    pandas Styler; the Styler's formatting is kept), then in a Markdown cell a ``{table}``
+    block around a ``{glue:md}`` of it (four backticks outside, three inside)::
+
+        ````{table} Caption: what the table shows.
+        :name: tab-name
+
+        ```{glue:md} tab-name
+        :format: myst
+        ```
+        ````
+
+    Every ``{glue:figure}`` and ``{table}`` block has a ``:name:`` (tests/test_book_text.py).
+
 How big a figure is in the book
     The book is read on a desktop browser window of 1400 px or more, where the content
     column of the sphinx-book-theme page is about 790 CSS px wide. Figures are drawn at
@@ -322,6 +352,251 @@ def glue_figure(name: str, fig) -> None:
         raise InvalidParameterError(f"figure {name!r} breaks the book's figure rules: " + "; ".join(problems))
     glue(name, fig, display=False)
     plt.close(fig)
+
+
+
+# -- curves and perturbation steps -----------------------------------------------------------
+
+#: Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008) without its yellow, too pale on
+#: white: the colours of the highlighted lines of `curves_figure`, in this order.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+#: markers drawn with the highlighted lines, so they differ in shape as well as colour (and in print)
+CURVE_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+OTHER_LINE_COLOUR = "0.75"  #: the grey of the methods that are not highlighted
+
+
+def _curve_frame(curves, x: str, y: str, panel_column: str | None):
+    import pandas as pd
+
+    if not isinstance(curves, pd.DataFrame):
+        raise InvalidParameterError(f"curves must be a pandas DataFrame with columns method, {x}, {y}; got {type(curves).__name__}")
+    needed = ["method", x, y] + ([panel_column] if panel_column is not None else [])
+    missing = [c for c in needed if c not in curves.columns]
+    if missing:
+        raise InvalidParameterError(
+            f"curves lack the column(s) {', '.join(map(repr, missing))}; it has {', '.join(map(str, curves.columns))}. "
+            "Give one row per (method, x) with columns method, x, y (name others with x=..., y=..., panel_column=...)"
+        )
+    if curves.empty:
+        raise InvalidParameterError("curves is empty: give at least one row per method")
+    values = curves[[x, y]].to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        raise InvalidParameterError(f"curves hold NaN or infinite values in {x!r} or {y!r}; drop or fix those rows")
+    keys = ["method", x] + ([panel_column] if panel_column is not None else [])
+    repeated = curves[curves.duplicated(keys, keep=False)]
+    if not repeated.empty:
+        first = repeated.iloc[0]
+        where = f" in panel {first[panel_column]!r}" if panel_column is not None else ""
+        raise InvalidParameterError(
+            f"method {first['method']!r} has several {y!r} values at {x} = {first[x]}{where}: one line per method and panel "
+            "needs one value per x; filter the other columns first, or draw them as panels (panel_column=...)"
+        )
+    return curves
+
+
+def curves_figure(
+    curves,
+    *,
+    highlight: Sequence[str],
+    x_label: str,
+    y_label: str,
+    panel_column: str | None = None,
+    max_lines: int = 6,
+    x: str = "x",
+    y: str = "y",
+    sharey: bool = True,
+    columns: int = 3,
+    panel_inches: float = 2.4,
+):
+    """Line plots of many methods that stay readable: a few highlighted, the others in grey.
+
+    Parameters
+    ----------
+    curves: a DataFrame with one row per (method, x[, panel]): columns ``method`` (the
+        registry name), `x`, `y`, optionally ``label`` (the display name, used in the legend)
+        and the column named by `panel_column`.
+    highlight: the methods drawn in colour (``method`` names, or their labels), in the
+        order of the legend; for example the paper's method, its strongest baseline and
+        ``random``. Every other method is a thin grey line without a legend entry, so the
+        reader sees where the field lies without twelve colours to tell apart.
+    x_label, y_label: the axis labels.
+    panel_column: one panel per value of this column (small multiples), in order of first
+        appearance; None draws one panel.
+    max_lines: at most this many coloured lines per panel (at most 7, the palette's size).
+    sharey: the panels share the y axis (False when they show different quantities).
+
+    The colours are Okabe and Ito's colour-blind-safe palette (`OKABE_ITO`), each with its
+    own marker (`CURVE_MARKERS`); a method keeps its colour in every panel. The legend
+    sits below the panels, outside them, so it covers no line. Returns the figure, at most
+    `BOOK_WIDTH_IN` wide.
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(max_lines, bool) or not isinstance(max_lines, (int, np.integer)) or not 1 <= max_lines <= len(OKABE_ITO):
+        raise InvalidParameterError(f"max_lines must be an int in [1, {len(OKABE_ITO)}] (the palette's colours); got {max_lines!r}")
+    if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
+        raise InvalidParameterError(f"columns must be a positive int (panels per row); got {columns!r}")
+    frame = _curve_frame(curves, x, y, panel_column)
+    if isinstance(highlight, str):
+        raise InvalidParameterError(f"highlight must be a list of method names, e.g. [{highlight!r}]; got the string {highlight!r}")
+    methods = list(dict.fromkeys(frame["method"]))
+    labels = (dict(zip(frame["method"], frame["label"].astype(str))) if "label" in frame.columns
+              else {m: str(m) for m in methods})
+    by_label = {label: method for method, label in labels.items()}
+    chosen = []
+    for name in highlight:
+        method = name if name in labels else by_label.get(name)
+        if method is None:
+            raise InvalidParameterError(
+                f"highlight names {name!r}, which is not a method of the curves; they have {', '.join(map(str, methods))}"
+            )
+        if method not in chosen:
+            chosen.append(method)
+    if len(chosen) > max_lines:
+        raise InvalidParameterError(
+            f"{len(chosen)} highlighted methods but at most max_lines = {max_lines} coloured lines per panel: highlight "
+            "the paper's method, its strongest baseline and the floor, and leave the others grey"
+        )
+    style = {m: dict(color=OKABE_ITO[i], marker=CURVE_MARKERS[i]) for i, m in enumerate(chosen)}
+    panels = list(dict.fromkeys(frame[panel_column])) if panel_column is not None else [None]
+    across = min(columns, len(panels))
+    down = -(-len(panels) // across)
+    width = min(BOOK_WIDTH_IN, panel_inches * across + 0.6)
+    fig, axes = plt.subplots(down, across, squeeze=False, sharex=True, sharey=sharey, layout="constrained",
+                             figsize=(width, panel_inches * 0.85 * down + 0.5 + 0.25 * -(-len(chosen) // 3)))
+    handles = {}
+    for ax, panel in zip(axes.flat, panels):
+        part = frame if panel is None else frame[frame[panel_column] == panel]
+        for method in [m for m in methods if m not in style]:  # grey first, so the coloured lines lie on top
+            line = part[part["method"] == method].sort_values(x)
+            ax.plot(line[x], line[y], color=OTHER_LINE_COLOUR, linewidth=0.8, zorder=1, label="_nolegend_")
+        for method in chosen:
+            line = part[part["method"] == method].sort_values(x)
+            if line.empty:
+                continue
+            (handles[method],) = ax.plot(line[x], line[y], linewidth=1.8, markersize=4, zorder=2,
+                                         label=labels[method], **style[method])
+        if panel is not None:
+            ax.set_title(str(panel), fontsize=FONT_PT)
+        ax.tick_params(labelsize=TICK_PT)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(x_label, fontsize=FONT_PT)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(y_label, fontsize=FONT_PT)
+    if handles:
+        ordered = [handles[m] for m in chosen if m in handles]
+        fig.legend(ordered, [labels[m] for m in chosen if m in handles], loc="outside lower center",
+                   ncols=min(len(ordered), 3), fontsize=TICK_PT, frameon=False)
+    return fit_to_book(fig)
+
+
+def perturbation_steps_figure(images_at_steps, fractions: Sequence[float], titles: Sequence[str] | None = None, *,
+                              step_title: str = "{percent:g} % removed", cell_inches: float = 1.2):
+    """What the perturbed images look like: one row per image, one column per step.
+
+    `images_at_steps` are pictures (S, B, H, W, 3) uint8 (or (S, B, H, W) grey), or a list of S
+    such batches: step s of every image, e.g. ``to_display(model, copies)`` of the copies
+    `xaikit.protocols.PerturbationEngine.perturbed_images` makes. `fractions` (S,) are the
+    shares in [0, 1] removed at each step; the column titles are ``step_title`` formatted
+    with ``percent`` (100 x the share). `titles` (B,) name the images (e.g. their classes)
+    at the left of the rows.
+    """
+    import matplotlib.pyplot as plt
+
+    steps = list(images_at_steps) if not isinstance(images_at_steps, (np.ndarray, torch.Tensor)) else images_at_steps
+    if len(steps) == 0:
+        raise InvalidParameterError("images_at_steps is empty: give the pictures of at least one step, (S, B, H, W, 3)")
+    batches = [_as_images(step) for step in steps]
+    if len({b.shape for b in batches}) > 1:
+        raise InvalidParameterError(
+            f"the steps' pictures differ in shape {sorted({b.shape for b in batches})}: give every step the same images (B, H, W, 3)"
+        )
+    shares = np.asarray(fractions, dtype=float)
+    if shares.ndim != 1 or len(shares) != len(batches):
+        raise InvalidParameterError(f"fractions must give one share per step ({len(batches)}); got {fractions!r}")
+    if not np.isfinite(shares).all() or (shares < 0).any() or (shares > 1).any():
+        raise InvalidParameterError(f"fractions must be shares in [0, 1] (0.1 for 10 %); got {shares.tolist()}")
+    count = len(batches[0])
+    if titles is not None and len(titles) != count:
+        raise InvalidParameterError(f"titles has {len(titles)} entries for {count} images; give one per image")
+    cell = min(cell_inches, (BOOK_WIDTH_IN - (0.5 if titles is not None else 0.0)) / len(batches))
+    fig, axes = plt.subplots(count, len(batches), squeeze=False, layout="constrained",
+                             figsize=(cell * len(batches) + (0.5 if titles is not None else 0.0), (cell + 0.1) * count + 0.3))
+    for column, (share, batch) in enumerate(zip(shares, batches)):
+        axes[0, column].set_title(step_title.format(percent=round(100 * share, 1)), fontsize=TICK_PT)
+        for row in range(count):
+            ax = axes[row, column]
+            _show_image(ax, batch[row])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+    if titles is not None:
+        for row, title in enumerate(titles):
+            axes[row, 0].set_ylabel(str(title), fontsize=TICK_PT)
+    return fit_to_book(fig)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_|$<>\[\]~])")
+
+
+def table_markdown(table) -> str:
+    """A DataFrame or pandas Styler as a Markdown (pipe) table, the cells as the Styler formats them.
+
+    The index is the first column(s), headed by its name(s), unless the Styler hides it (a
+    DataFrame's unnamed row numbers are left out); a DataFrame's numbers are written as pandas
+    writes them (round them with ``xaikit.report.show_table(df, precision)``). Markdown's
+    special characters in the cells are escaped. Columns must be one level.
+    """
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
+    if isinstance(table, pd.DataFrame):
+        plain_index = isinstance(table.index, pd.RangeIndex) and table.index.name is None
+        table = table.style.format(na_rep="–")
+        if plain_index:  # row numbers 0, 1, ... say nothing
+            table = table.hide(axis="index")
+    if not isinstance(table, Styler):
+        raise InvalidParameterError(
+            f"a table must be a pandas DataFrame or Styler (e.g. xaikit.report.show_table(df, 1)); got {type(table).__name__}"
+        )
+    frame = table.data
+    if frame.columns.nlevels > 1:
+        raise InvalidParameterError(
+            "the table's columns have several levels, which a Markdown table cannot show: join them into one "
+            "(df.columns = [' '.join(map(str, c)) for c in df.columns])"
+        )
+    if frame.empty:
+        raise InvalidParameterError("the table is empty: give at least one row and one column")
+    delimiter = "\x1f"  # a character no cell holds
+    lines = table.to_string(delimiter=delimiter).rstrip("\n").split("\n")
+    rows = [line.split(delimiter) for line in lines]
+    index_shown = len(rows[0]) > len(frame.columns)
+    body = rows[-len(frame):]
+    header = rows[0]
+    if index_shown:
+        levels = len(header) - len(frame.columns)
+        names = [str(n) if n is not None else "" for n in frame.index.names]
+        header = names[:levels] + header[levels:]
+
+    def line(cells):
+        return "| " + " | ".join(_MARKDOWN_SPECIAL.sub(r"\\\1", cell.strip()) for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header)] + [line(row) for row in body])
+
+
+def glue_table(name: str, table) -> None:
+    """Glue `table` (a DataFrame or a Styler such as ``show_table(df, 1)``) as Markdown under `name`, for a
+    numbered ``{table}`` block around ``{glue:md}`` (see "Numbered figures and tables" above).
+
+    Nothing is shown in the cell's output, so the table appears once, with its caption."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    glue(name, Markdown(table_markdown(table)), display=False)
 
 
 # -- docstrings as Markdown -----------------------------------------------------------------

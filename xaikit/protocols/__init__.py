@@ -30,9 +30,10 @@ from .engine import (
     throughput,
 )
 from .perturbation import Perturbation, PerturbationResult
-from .segmentation import Segmentation, SegmentationResult, pool_segmentation
+from .segmentation import ALL_BACKGROUND, Segmentation, SegmentationResult, all_background_stats, pool_segmentation
 
 __all__ = [
+    "ALL_BACKGROUND",
     "DEFAULT_BOX_SIZES",
     "DEFAULT_FRACTIONS",
     "BoxSchedule",
@@ -52,6 +53,7 @@ __all__ = [
     "Schedule",
     "Segmentation",
     "SegmentationResult",
+    "all_background_stats",
     "gaussian_blur",
     "pool_segmentation",
     "throughput",

@@ -653,17 +653,8 @@ class PerturbationEngine:
         a `Readout` (or a kind, or a (kind, classes) pair); default all logits.
         Returns an `EngineResult` with one (B, S, ...) tensor per readout.
         """
-        if not isinstance(schedule, Schedule):
-            raise InvalidParameterError(
-                f"schedule must be a FractionSchedule, BoxSchedule or MaskSchedule; got {type(schedule).__name__}"
-            )
-        images = self._check_images(images)
-        batch, _, height, width = images.shape
-        if schedule.needs_maps:
-            if maps is None:
-                raise InvalidParameterError(f"{type(schedule).__name__} ranks pixels by the maps: pass maps")
-            maps = self._check_maps(maps, images)
-        bound = schedule.bind(maps, batch, (height, width), images.device)
+        images, maps, bound = self._bind(images, maps, schedule)
+        batch = images.shape[0]
         replacement, replacement_key = self._replacement(replacement, images)
         readouts = {name: _as_readout(spec) for name, spec in (readouts or {"logits": "logits"}).items()}
         empty = bound.removes_nothing().to(images.device)
@@ -697,6 +688,39 @@ class PerturbationEngine:
                 # copies, so that a caller editing the returned tensors cannot edit the cache
                 self._remember(keys[i], {name: values[position].clone() for name, values in computed.items()})
         return EngineResult(outputs, clean_logits, {n: c for n, c in classes.items() if c is not None})
+
+    def _bind(self, images, maps, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor | None, BoundSchedule]:
+        """Checked images and maps, and the schedule bound to them."""
+        if not isinstance(schedule, Schedule):
+            raise InvalidParameterError(
+                f"schedule must be a FractionSchedule, BoxSchedule or MaskSchedule; got {type(schedule).__name__}"
+            )
+        images = self._check_images(images)
+        batch, _, height, width = images.shape
+        if schedule.needs_maps:
+            if maps is None:
+                raise InvalidParameterError(f"{type(schedule).__name__} ranks pixels by the maps: pass maps")
+            maps = self._check_maps(maps, images)
+        return images, maps, schedule.bind(maps, batch, (height, width), images.device)
+
+    def perturbed_images(
+        self, images: torch.Tensor, maps: torch.Tensor | None, schedule: Schedule, *, replacement: Replacement = 0.0
+    ) -> torch.Tensor:
+        """The perturbed copies `run` would forward, (B, S, C, H, W) in the images' normalised space.
+
+        Nothing is forwarded: this is for pictures of a few steps (keep B and S small, the copies
+        take B x S images of memory). ``xaikit.imaging.to_display(model, copies[:, s])`` gives the
+        pictures of step s, for `xaikit.viz.perturbation_steps_figure`.
+        """
+        images, maps, bound = self._bind(images, maps, schedule)
+        fill, _ = self._replacement(replacement, images)
+        batch, steps = images.shape[0], bound.num_steps
+        image_index = torch.arange(batch, device=images.device).repeat_interleave(steps)
+        step_index = torch.arange(steps, device=images.device).repeat(batch)
+        masks = bound.masks(image_index, step_index)[:, None]
+        with torch.no_grad():
+            copies = torch.where(masks, fill[image_index] if fill.shape[0] > 1 else fill, images[image_index])
+        return copies.reshape(batch, steps, *images.shape[1:])
 
     def clean_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of unperturbed images like `forward`, but from the cache for images seen before."""

@@ -6,6 +6,12 @@ the map's mean) and counts pixels; this protocol pools the counts over the
 data set exactly as `imagenet_seg_eval.py` does: pixel accuracy and IoU are
 ratios of sums over all images (not means of per-image ratios), mAP is the
 mean of the per-image APs. Values are fractions; the papers print percent.
+
+Floors: besides ``random`` and ``centre_prior`` (maps, scored like any method's),
+`all_background_stats` gives the statistics of predicting background everywhere,
+named ``all_background`` (`ALL_BACKGROUND`) in tables. Where objects cover a small
+part of the images, it reaches a high pixel accuracy with no information at all, so
+a method's pixel accuracy means something only above this floor.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ..imaging import UPSAMPLE_MODES
 from ..metrics import segmentation_stats
 
 STAT_KEYS = ("correct", "labeled", "intersection", "union", "ap")
+#: the identifier of the "background everywhere" floor in result tables (its `method` column)
+ALL_BACKGROUND = "all_background"
 
 
 @dataclass
@@ -91,6 +99,41 @@ def pool_segmentation(stats: Mapping[str, torch.Tensor] | Sequence[Mapping[str, 
         miou=float(iou.mean()),
         mean_ap=float(np.mean(ap)),
     )
+
+
+def all_background_stats(masks) -> dict[str, torch.Tensor]:
+    """Per-image statistics of the floor that predicts background everywhere, named ``all_background``.
+
+    `masks` are ground-truth masks (B, H, W) in {0, 1}, as `segmentation_stats` takes them;
+    the result has the same keys and types, so it pools with `Segmentation.pool` and sits in a
+    table beside the methods' rows. The floor is scored exactly as the reference scores a
+    constant map (it cannot be min-max normalised, and the reference then predicts background
+    everywhere):
+
+    - ``correct``: each image's background pixels, so the pooled pixel accuracy is the share
+      of background pixels in the data set;
+    - ``intersection`` and ``union``: [background pixels, 0] and [all pixels, foreground
+      pixels]: the background IoU equals the pixel accuracy, the foreground IoU is 0, and the
+      mIoU is half the pixel accuracy;
+    - ``ap``: 0.5 for every image. The protocol's AP ranks the scores [1 - map, map] of every
+      pixel against the one-hot mask [background, foreground]; a constant prediction ranks no
+      pixel above another, and the AP of scores that are all tied is the share of positives
+      among the ranked entries, which is exactly 1/2 because every pixel has one positive of
+      its two entries. (Taking the hard labels, 1 for background and 0 for foreground, as
+      scores would give p**2 + (1 - p) / 2 for a background share p: a second reading of the
+      class balance that pixel accuracy already reports, not a ranking.)
+    - ``degenerate``: False (the floor is not a broken map).
+    """
+    masks = torch.as_tensor(masks)
+    if masks.ndim != 3:
+        raise InvalidParameterError(
+            f"masks must be a batch (B, H, W) of ground-truth masks; got shape {tuple(masks.shape)}"
+            + (" (add a batch axis with masks[None])" if masks.ndim == 2 else "")
+        )
+    constant = torch.zeros(masks.shape[0], 1, 1)
+    stats = segmentation_stats(constant, masks)  # the same checks, counts and AP as the reference's constant map
+    stats["degenerate"] = torch.zeros_like(stats["degenerate"])
+    return stats
 
 
 class Segmentation:
