@@ -293,23 +293,23 @@ def interval_table(scores: Mapping[str, pd.DataFrame], *, n_resamples: int = 200
 
 
 def shown_table(table: pd.DataFrame, paper: pd.DataFrame | None = None, digits: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """`interval_table` for reading: per metric "mean [low, high]" and "rank [low–high]", indexed by label;
-    with `paper` (indexed by label, the paper's numbers) also the paper's value and rank of each row
-    (ranked among the rows the paper has)."""
+    """`interval_table` for reading, indexed by label: per metric a column "<metric>" of "mean [low, high]" and
+    "<metric> rank" of "rank [low–high]"; with `paper` (indexed by label, the paper's numbers) also "paper" and
+    "paper rank" (ranked among the rows the paper has). One level of column names (a Markdown table)."""
     from ..stats import format_interval
 
     columns = {}
     for metric, rows in table.groupby("metric", sort=False):
         rows = rows.set_index("label")
         places = (digits or {}).get(metric, 2 if metric == "compactness" else 1)
-        columns[(metric, "ours")] = [format_interval(m, lo, hi, places) for m, lo, hi in
+        columns[metric] = [format_interval(m, lo, hi, places) for m, lo, hi in
                                      zip(rows["mean"], rows.mean_low, rows.mean_high)]
-        columns[(metric, "rank")] = [_rank_span(r, lo, hi) for r, lo, hi in zip(rows["rank"], rows.rank_low, rows.rank_high)]
+        columns[f"{metric} rank"] = [_rank_span(r, lo, hi) for r, lo, hi in zip(rows["rank"], rows.rank_low, rows.rank_high)]
         if paper is not None and metric in paper.columns:
             values = paper[metric].reindex(rows.index)
             ranks = values.rank(ascending=not HIGHER_IS_BETTER[metric], method="min")
-            columns[(metric, "paper")] = [f"{v:g}" if pd.notna(v) else "" for v in values]
-            columns[(metric, "paper rank")] = [f"{int(r)}" if pd.notna(r) else "" for r in ranks]
+            columns[f"{metric} paper"] = [f"{v:g}" if pd.notna(v) else "" for v in values]
+            columns[f"{metric} paper rank"] = [f"{int(r)}" if pd.notna(r) else "" for r in ranks]
         index = rows.index
     return pd.DataFrame(columns, index=pd.Index(index, name="method"))
 
@@ -389,3 +389,42 @@ def _relative_error(ours: torch.Tensor, reference) -> float:
 
     ours = ours.detach().cpu().numpy().reshape(reference.shape)
     return float(np.abs(ours - reference).max() / np.abs(reference).max())
+
+
+def mif_pictures(model, images: torch.Tensor, classes, maps: torch.Tensor, fractions: Sequence[float],
+                 **fidelity_settings) -> torch.Tensor:
+    """What MIF shows the model: `images` (B, C, H, W, normalised) with each share in `fractions` of their pixels,
+    most important first by `maps`, replaced by the blurred copy the fidelity test uses (`Fidelity` with
+    `fidelity_settings`). Returns (S, B, C, H, W); ``xaikit.imaging.to_display(model, pictures[s])`` draws step s."""
+    from ..protocols import Fidelity
+
+    protocol = Fidelity(model, **fidelity_settings)
+    images = protocol.engine._check_images(images)
+    blurred = protocol._replacement_for(images)
+    flat = protocol._pixel_maps(maps, images, torch.as_tensor(classes)).flatten(1)
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=order.device).expand_as(order))
+    steps = []
+    for share in fractions:
+        if not 0 <= float(share) <= 1:
+            raise InvalidParameterError(f"fractions must be shares in [0, 1]; got {share!r}")
+        replaced = (ranks < int(flat.shape[1] * float(share))).view(images.shape[0], 1, *images.shape[-2:])
+        steps.append(torch.where(replaced, blurred, images))
+    return torch.stack(steps)
+
+
+def ratio_of_means(numerator, denominator, *, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``mean(numerator) / mean(denominator)`` over the same images, with its 95 % percentile bootstrap interval
+    (the images resampled jointly for both): e.g. a baseline's area as a share of CDAM's, which does not depend
+    on the scale of the logits. Returns (ratio, low, high)."""
+    import numpy as np
+
+    top, bottom = (np.asarray(torch.as_tensor(v).double().cpu(), np.float64) for v in (numerator, denominator))
+    if top.shape != bottom.shape or top.ndim != 1 or len(top) < 2:
+        raise InvalidParameterError(f"give two score arrays of the same images (n >= 2); got shapes {top.shape}, {bottom.shape}")
+    if bottom.mean() == 0:
+        raise InvalidParameterError("the denominator's mean is 0: the ratio is undefined")
+    draws = np.random.default_rng(seed).integers(0, len(top), (n_resamples, len(top)))
+    ratios = top[draws].mean(1) / bottom[draws].mean(1)
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    return float(top.mean() / bottom.mean()), float(low), float(high)
