@@ -234,3 +234,30 @@ def test_ratio_of_means_is_scale_free_with_a_joint_interval():
     assert ex.ratio_of_means(100 * other, 100 * cdam) == pytest.approx((ratio, low, high))  # the logits' scale cancels
     with pytest.raises(InvalidParameterError, match="same images"):
         ex.ratio_of_means([1.0, 2.0], [1.0])
+
+
+def test_positive_share_inside_counts_only_positive_mass():
+    maps = torch.tensor([[[2.0, -5.0], [1.0, 1.0]], [[-1.0, -1.0], [-1.0, -1.0]]])
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, :2, :2] = True  # the top-left token
+    shares = ex.positive_share_inside(maps, masks)
+    assert shares[0].item() == pytest.approx(50.0) and math.isnan(shares[1].item())
+    with pytest.raises(InvalidParameterError, match="one map and one"):
+        ex.positive_share_inside(maps, masks[0])
+
+
+def test_class_change_is_zero_for_a_class_independent_map():
+    maps = torch.tensor([[[1.0, -2.0]], [[4.0, 0.0]]])
+    np.testing.assert_allclose(ex.class_change(maps, maps), [0, 0])
+    np.testing.assert_allclose(ex.class_change(maps, torch.zeros_like(maps)), [1, 1])
+    with pytest.raises(InvalidParameterError, match="differ in shape"):
+        ex.class_change(maps, maps[:1])
+
+
+def test_least_attended_share():
+    attention = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    scores = torch.tensor([[1.0, -1.0, 1.0, 1.0]])
+    assert ex.least_attended_share(attention, scores, 0.25).item() == pytest.approx(25.0)
+    assert ex.least_attended_share(attention, torch.tensor([[0.0, 1.0, 1.0, 2.0]]), 0.25).item() == pytest.approx(0.0)
+    with pytest.raises(InvalidParameterError, match="share"):
+        ex.least_attended_share(attention, scores, 1.5)

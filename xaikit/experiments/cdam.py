@@ -428,3 +428,45 @@ def ratio_of_means(numerator, denominator, *, n_resamples: int = 2000, seed: int
     ratios = top[draws].mean(1) / bottom[draws].mean(1)
     low, high = np.quantile(ratios, [0.025, 0.975])
     return float(top.mean() / bottom.mean()), float(low), float(high)
+
+
+# -- the figure pages' claims, per image -----------------------------------------------------------------------
+def positive_share_inside(maps: torch.Tensor, masks) -> torch.Tensor:
+    """Per image (B,), the percentage of a signed map's positive mass that falls inside the object's mask.
+
+    Token maps (B, gh, gw) are upsampled by nearest neighbour to the masks (B, H, W); a map without positive
+    scores gives NaN (nothing to place). A map that knows nothing puts the object's area share inside.
+    """
+    from ..imaging import upsample
+
+    masks = torch.as_tensor(masks).float()
+    if masks.ndim != 3 or torch.as_tensor(maps).shape[0] != masks.shape[0]:
+        raise InvalidParameterError(f"give one map and one (H, W) mask per image; got {tuple(torch.as_tensor(maps).shape)} "
+                                    f"and {tuple(masks.shape)}")
+    pixels = upsample(torch.as_tensor(maps).float().clamp(min=0), tuple(masks.shape[-2:]), mode="nearest")
+    total = pixels.flatten(1).sum(1)
+    inside = (pixels * masks).flatten(1).sum(1)
+    return torch.where(total > 0, 100 * inside / total.clamp_min(1e-30), torch.full_like(total, float("nan"))).double()
+
+
+def class_change(maps: torch.Tensor, other_maps: torch.Tensor) -> torch.Tensor:
+    """Per image (B,), how much a map changes with the class explained: ``max |m - m'| / max |m|`` (0: the same map)."""
+    maps, other_maps = torch.as_tensor(maps).double(), torch.as_tensor(other_maps).double()
+    if maps.shape != other_maps.shape:
+        raise InvalidParameterError(f"the two sets of maps differ in shape: {tuple(maps.shape)} and {tuple(other_maps.shape)}")
+    return (maps - other_maps).flatten(1).abs().amax(1) / maps.flatten(1).abs().amax(1).clamp_min(1e-30)
+
+
+def least_attended_share(attention: torch.Tensor, scores: torch.Tensor, share: float = 0.1) -> torch.Tensor:
+    """Per image (B,), the percentage of ``sum |scores|`` on its `share` of tokens with the least attention.
+
+    A map unrelated to attention puts about ``100 * share`` percent there; the paper's Fig. S1 says CDAM puts less.
+    """
+    attention, scores = torch.as_tensor(attention).flatten(1).double(), torch.as_tensor(scores).flatten(1).double().abs()
+    if attention.shape != scores.shape:
+        raise InvalidParameterError(f"give one attention and one score per token: {tuple(attention.shape)} vs {tuple(scores.shape)}")
+    if not 0 < share < 1:
+        raise InvalidParameterError(f"share must be in (0, 1); got {share!r}")
+    count = max(1, int(round(share * attention.shape[1])))
+    lowest = attention.argsort(dim=1, stable=True)[:, :count]
+    return 100 * scores.gather(1, lowest).sum(1) / scores.sum(1).clamp_min(1e-30)
