@@ -215,3 +215,87 @@ def test_a_rendered_book_numbers_figures_and_tables_per_chapter(tmp_path, monkey
     # the parameters cell collapsed whole, the code cell's input collapsed, papermill's cell absent
     assert re.findall(r'class="cell (tag_[^"]*) docutils container"', html) == ["tag_parameters tag_hide-cell", "tag_hide-input"]
     assert html.count('<details class="admonition hide above-input">') == 2 and 'profile = "smoke"' not in html
+
+
+# -- issue 14: the methods at a glance, complete references, the intro's verdict columns ----------------------------
+
+METHODS_PAGE = REPO / "notebooks/foundations/04_methods.ipynb"
+REFERENCES = REPO / "book/references.bib"
+CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
+
+
+def bib_keys() -> set[str]:
+    return set(re.findall(r"^@\w+\{([^,\s]+),", REFERENCES.read_text(), flags=re.MULTILINE))
+
+
+def cited_keys(text: str) -> set[str]:
+    return {key.strip() for keys in CITE.findall(text) for key in keys.split(",")}
+
+
+def page_sections(path: Path) -> dict[str, str]:
+    """Heading line -> the text below it up to the next heading, over all markdown cells of a notebook."""
+    text = "\n".join(cells(path, "markdown"))
+    parts = re.split(r"^(#{1,6} .*)$", text, flags=re.MULTILINE)
+    return {heading.strip(): body for heading, body in zip(parts[1::2], parts[2::2])}
+
+
+@pytest.mark.parametrize("name", __import__("xaikit").list_methods())
+def test_every_registered_method_has_a_section_on_the_methods_page_that_cites_its_paper(name):
+    from xaikit.methods import method_facts
+
+    facts = method_facts().loc[name]
+    heading = f"### {facts['title']} (`{name}`)"
+    sections = page_sections(METHODS_PAGE)
+    assert heading in sections, f"04_methods has no section {heading!r} (a method's heading is its title and its name)"
+    body = sections[heading]
+    assert re.search(r"\$[^$]+\$", body), f"{heading}: give the method's formula"
+    if not facts["floor"]:
+        assert facts["paper"] in cited_keys(body), f"{heading}: cite the method's paper, {{cite:p}}`{facts['paper']}`"
+
+
+def test_every_methods_paper_is_in_the_references():
+    from xaikit.methods import method_facts
+
+    papers = set(method_facts()["paper"].dropna())
+    assert papers and papers - bib_keys() == set(), f"not in book/references.bib: {sorted(papers - bib_keys())}"
+
+
+def test_every_cited_key_is_in_the_references():
+    sources = [p for p in (REPO / "book").rglob("*.md") if not {"_build", "_generated", "_run"} & set(p.parts)]
+    cited = {}
+    for path in sources:
+        cited.update(dict.fromkeys(cited_keys(path.read_text()), path.name))
+    for path in NOTEBOOKS:
+        cited.update(dict.fromkeys(cited_keys("\n".join(c.source for c in nbformat.read(path, as_version=4).cells)), path.name))
+    assert len(cited) > 10, "the citation pattern found (almost) nothing: check CITE"
+    missing = {key: where for key, where in cited.items() if key not in bib_keys()}
+    assert missing == {}, f"cited but not in book/references.bib (key: page): {missing}"
+
+
+def test_the_protocols_and_data_papers_are_in_the_references():
+    keys = bib_keys()
+    for key in ("guillaumin2014imagenet", "deng2009imagenet", "russakovsky2015imagenet", "samek2017evaluating",
+                "shrikumar2017deeplift", "krizhevsky2009cifar", "armato2011lidc", "fel2022harmonizing", "beyer2020real"):
+        assert key in keys
+
+
+def test_the_intro_explains_the_claim_and_verdict_columns_and_maps_items_to_notebooks():
+    from xaikit.bookpages import NOT_RUN_YET, VERDICT_COLUMNS, VERDICTS
+
+    intro = (REPO / "book/intro.md").read_text()
+    text = " ".join(intro.split())
+    assert "one table or figure per notebook" not in text  # a notebook may reproduce several items
+    for column in ("Claim", VERDICT_COLUMNS["demo"], VERDICT_COLUMNS["paper"]):
+        assert f"**{column}**" in text, f"the intro does not explain the column {column!r}"
+    for verdict in (*VERDICTS, NOT_RUN_YET):
+        assert f"**{verdict}**" in text, f"the intro does not say what {verdict!r} means"
+    assert "bootstrap" in text and "95 %" in text and "xaikit.verdicts" in text
+    assert "<foundations/04_methods>" in intro  # the methods page is linked
+
+
+def test_the_methods_page_is_in_the_book_and_the_status_source():
+    toc = (REPO / "book/_toc.yml").read_text()
+    status = yaml.safe_load((REPO / "book/status.yml").read_text())
+    foundations = next(c for c in status["chapters"] if c["chapter"] == "foundations")
+    assert "file: foundations/04_methods" in toc
+    assert "foundations/04_methods" in [item["notebook"] for item in foundations["items"]]

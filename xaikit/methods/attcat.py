@@ -21,6 +21,9 @@ class AttCAT(Explainer):
     """
 
     name = "attcat"
+    title = "ATTCAT"
+    paper = "qiang2022attcat"
+    paper_names = {"tokentm": "ATTCAT"}
     signed = True
     needs_class_token = False
     records = ("input", "attn")

@@ -19,6 +19,9 @@ class AttnGradCAM(Explainer):
     """
 
     name = "attn_gradcam"
+    title = "Grad-CAM on the last attention map"
+    paper = "selvaraju2017gradcam"
+    paper_names = {"tokentm": "Grad-CAM"}
     records = ("attn",)
     grads = ("attn",)
 

@@ -46,6 +46,8 @@ class AttnLRP(BlockInputRelevance):
     """
 
     name = "attnlrp"
+    title = "AttnLRP"
+    paper = "achtibat2024attnlrp"
 
     def __init__(self, model: nn.Module, variant: str = "cp", gamma: float = 0.0) -> None:
         super().__init__(model)

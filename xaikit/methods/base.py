@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
+from types import MappingProxyType
 from typing import ClassVar, Iterator
 
 import numpy as np
@@ -81,6 +83,15 @@ class Explainer:
     """Base class: subclass, set the class attributes, implement `token_scores`."""
 
     name: ClassVar[str]
+    #: the method's name in the book's prose and tables ("Methods at a glance", `method_facts`)
+    title: ClassVar[str]
+    #: the key in book/references.bib of the paper that introduced the method; None only for a floor
+    paper: ClassVar[str | None] = None
+    #: the row label each reproduced paper's tables give the method, by chapter ("tokentm", "cdam", "vita";
+    #: `xaikit.methods.facts.PAPERS`); a method those tables do not have is left out
+    paper_names: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: a floor: a map blind to the model (Random, the centre prior), the level every method has to beat
+    floor: ClassVar[bool] = False
     #: the maps can be negative
     signed: ClassVar[bool] = False
     #: the maps depend on the target class (else targets are ignored)

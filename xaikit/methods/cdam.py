@@ -208,6 +208,9 @@ class CDAM(TailMethod):
     one backward (through the last block only) per batch. Signed, (B, gh, gw)."""
 
     name = "cdam"
+    title = "CDAM"
+    paper = "brocki2023cdam"
+    paper_names = {"cdam": "CDAM"}
 
     def tail_scores(self, block_input, targets):
         def clean(k0, k1):
@@ -231,6 +234,9 @@ class SmoothCDAM(TailMethod):
     """
 
     name = "smooth_cdam"
+    title = "Smooth CDAM"
+    paper = "brocki2023cdam"
+    paper_names = {"cdam": "Smooth CDAM"}
 
     def __init__(
         self,
@@ -291,6 +297,9 @@ class IntegratedCDAM(TailMethod):
     """
 
     name = "integrated_cdam"
+    title = "Integrated CDAM"
+    paper = "brocki2023cdam"
+    paper_names = {"cdam": "Integrated CDAM"}
 
     def __init__(self, model: nn.Module, n_steps: int = 50, space: str = "code") -> None:
         super().__init__(model)

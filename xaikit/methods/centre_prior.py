@@ -45,6 +45,8 @@ class CentrePrior(Explainer):
     """
 
     name = "centre_prior"
+    title = "Centre prior"
+    floor = True
     class_specific = False
     needs_class_token = False
 

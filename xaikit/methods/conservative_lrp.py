@@ -75,6 +75,9 @@ class ConservativeLRP(BlockInputRelevance):
     """
 
     name = "conservative_lrp"
+    title = "Conservative LRP"
+    paper = "ali2022conservative"
+    paper_names = {"tokentm": "Cons. LRP"}
 
     def __init__(self, model: nn.Module, gamma: float = 0.0, activation_rule: str = "identity") -> None:
         super().__init__(model)

@@ -17,6 +17,9 @@ class GAE(Explainer):
     """
 
     name = "gae"
+    title = "GAE"
+    paper = "chefer2021gae"
+    paper_names = {"tokentm": "GAE", "cdam": "Rel. Prop."}
     records = ("attn",)
     grads = ("attn",)
 

@@ -111,6 +111,9 @@ class GradCAMExplainer(LibraryCAM):
     library's ReLU/min-max/resize."""
 
     name = "gradcam"
+    title = "Grad-CAM"
+    paper = "selvaraju2017gradcam"
+    paper_names = {"cdam": "GradCAM", "vita": "Grad-CAM"}
     cam_class = "GradCAM"
 
 
@@ -123,4 +126,7 @@ class GradCAMPlusPlusExplainer(LibraryCAM):
     cancels (raw logit gradients, no exp)."""
 
     name = "gradcam_pp"
+    title = "Grad-CAM++"
+    paper = "chattopadhay2018gradcampp"
+    paper_names = {"vita": "Grad-CAM++"}
     cam_class = "GradCAMPlusPlus"

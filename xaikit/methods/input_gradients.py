@@ -237,6 +237,9 @@ class IntegratedGradients(InputGradientMethod):
     """
 
     name = "integrated_gradients"
+    title = "Integrated Gradients"
+    paper = "sundararajan2017axiomatic"
+    paper_names = {"cdam": "IntGrad"}
 
     def __init__(self, model: nn.Module, n_steps: int = 50) -> None:
         super().__init__(model)
@@ -273,6 +276,9 @@ class SmoothGrad(InputGradientMethod):
     """
 
     name = "smoothgrad"
+    title = "SmoothGrad"
+    paper = "smilkov2017smoothgrad"
+    paper_names = {"cdam": "SmoothGrad"}
 
     def __init__(
         self,
@@ -310,6 +316,9 @@ class InputXGradient(InputGradientMethod):
     """
 
     name = "input_x_gradient"
+    title = "Input × Gradient"
+    paper = "shrikumar2016blackbox"
+    paper_names = {"cdam": "Input×Grad"}
 
     def pixel_scores(self, images, targets):
         from captum.attr import InputXGradient as CaptumInputXGradient

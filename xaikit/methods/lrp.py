@@ -69,6 +69,9 @@ class LRP(CheferRelevance):
     """
 
     name = "lrp"
+    title = "LRP"
+    paper = "bach2015lrp"
+    paper_names = {"tokentm": "LRP"}
     rules = "layers_lrp"
     signed = True
     resolution = "pixel"
@@ -90,6 +93,9 @@ class PartialLRP(CheferRelevance):
     """
 
     name = "partial_lrp"
+    title = "Partial LRP"
+    paper = "voita2019heads"
+    paper_names = {"cdam": "Partial LRP"}
     rules = "layers_lrp"
 
     def first_block(self) -> int:

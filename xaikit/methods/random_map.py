@@ -26,6 +26,8 @@ class RandomMap(Explainer):
     """
 
     name = "random"
+    title = "Random"
+    floor = True
     class_specific = False
     needs_class_token = False
 

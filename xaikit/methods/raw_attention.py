@@ -17,6 +17,9 @@ class RawAttention(Explainer):
     """
 
     name = "raw_attention"
+    title = "Raw attention"
+    paper = "caron2021dino"
+    paper_names = {"tokentm": "Raw Att.", "cdam": "Attention map"}
     class_specific = False
     records = ("attn",)
 

@@ -20,6 +20,9 @@ class Rollout(Explainer):
     """
 
     name = "rollout"
+    title = "Attention rollout"
+    paper = "abnar2020rollout"
+    paper_names = {"tokentm": "Rollout"}
     class_specific = False
     records = ("attn",)
 

@@ -45,6 +45,8 @@ class TokenAblation(Explainer):
     """
 
     name = "token_ablation"
+    title = "Token ablation"
+    paper = "zeiler2014visualizing"
     signed = True
     needs_class_token = False
 

@@ -93,6 +93,9 @@ class TokenTM(Explainer):
     """
 
     name = "tokentm"
+    title = "TokenTM"
+    paper = "wu2024tokentm"
+    paper_names = {"tokentm": "TokenTM"}
     grads = ("attn",)
 
     def __init__(

@@ -25,6 +25,9 @@ class TransformerAttribution(CheferRelevance):
     """
 
     name = "transformer_attribution"
+    title = "Transformer Attribution"
+    paper = "chefer2021transformer"
+    paper_names = {"tokentm": "Trans. Attr."}
     rules = "layers_ours"
     records = ("attn",)
     grads = ("attn",)
