@@ -304,7 +304,7 @@ def shown_table(table: pd.DataFrame, paper: pd.DataFrame | None = None, digits: 
         places = (digits or {}).get(metric, 2 if metric == "compactness" else 1)
         columns[metric] = [format_interval(m, lo, hi, places) for m, lo, hi in
                                      zip(rows["mean"], rows.mean_low, rows.mean_high)]
-        columns[f"{metric} rank"] = [_rank_span(r, lo, hi) for r, lo, hi in zip(rows["rank"], rows.rank_low, rows.rank_high)]
+        columns[f"{metric} rank"] = [rank_text(r, lo, hi) for r, lo, hi in zip(rows["rank"], rows.rank_low, rows.rank_high)]
         if paper is not None and metric in paper.columns:
             values = paper[metric].reindex(rows.index)
             ranks = values.rank(ascending=not HIGHER_IS_BETTER[metric], method="min")
@@ -314,7 +314,8 @@ def shown_table(table: pd.DataFrame, paper: pd.DataFrame | None = None, digits: 
     return pd.DataFrame(columns, index=pd.Index(index, name="method"))
 
 
-def _rank_span(rank: float, low: float, high: float) -> str:
+def rank_text(rank: float, low: float, high: float) -> str:
+    """A rank with its interval, "3 [1–6]"; a rank the resampling never moves alone, "4"."""
     text = f"{rank:g}"
     return text if low == high == rank else f"{text} [{low:g}–{high:g}]"
 

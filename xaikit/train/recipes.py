@@ -237,12 +237,8 @@ RECIPES: dict[str, TrainConfig] = {
         name="demo-pairs-vit",
         data="pairs",
         task="multilabel",
-        # 64 x 64 pairs with 8 x 8 patches: the shapes are drawn at about the pixel size of demo-shapes-vit's single
-        # shapes (at 32 x 32 they are half that, and 4 epochs reached both-top-2 on only about a third of the images),
-        # while the token grid stays 8 x 8; the patch embedding and position embedding are resampled from the
-        # 32 x 32 model's (timm's checkpoint filter).
-        timm_kwargs=_vit_kwargs(96, 4, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), img_size=64, patch_size=8),
-        data_kwargs={"n_train": 16000, "size": 64},
+        timm_kwargs=_vit_kwargs(96, 4, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        data_kwargs={"n_train": 20000},
         init="demo-shapes-vit",
         epochs=4,
         batch_size=128,
