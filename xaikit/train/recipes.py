@@ -232,7 +232,11 @@ RECIPES: dict[str, TrainConfig] = {
     # The synthetic pairs (xaikit.data.synthetic.make_pairs: two shapes of two different classes per image), a
     # multi-label task: the stand-in for the paper's X_multi in class discrimination (CDAM Table 2), where the model
     # must see both objects. Fine-tuned from demo-shapes-vit (same architecture and classes), which sees single
-    # shapes and ranks both objects of a pair top-2 on few images; sized for minutes on one CPU thread.
+    # shapes and ranks both objects of a pair top-2 on 7 % of them. Sized for about 20 minutes on one (shared) CPU
+    # thread: 4 epochs reached 26 % (mean AP 0.63), still rising slowly (18, 23, 26, 26 % after epochs 1-4). What
+    # limits it: a pair's shapes are half the pixel size of the single shapes at 32 x 32. A 64 x 64 variant with 8 x 8
+    # patches (patch and position embeddings resampled from demo-shapes-vit) started lower (3 %) and could not be
+    # run to the end on the shared CPU; more epochs or that variant are the next things to try.
     "demo-pairs-vit": TrainConfig(
         name="demo-pairs-vit",
         data="pairs",
