@@ -261,3 +261,15 @@ def test_least_attended_share():
     assert ex.least_attended_share(attention, torch.tensor([[0.0, 1.0, 1.0, 2.0]]), 0.25).item() == pytest.approx(0.0)
     with pytest.raises(InvalidParameterError, match="share"):
         ex.least_attended_share(attention, scores, 1.5)
+
+
+def test_regression_fit_gives_rmse_and_r2_with_intervals():
+    rng = np.random.default_rng(4)
+    truth = rng.normal(0, 2, (300, 2))
+    estimates = truth + rng.normal(0, [0.5, 2.0], (300, 2))
+    fit = ex.regression_fit(estimates, truth, ["good", "poor"])
+    assert fit.loc["good", "RMSE"] == pytest.approx(0.5, abs=0.05) and fit.loc["poor", "RMSE"] == pytest.approx(2.0, abs=0.2)
+    assert (fit["R² low"] < fit["R²"]).all() and (fit["R²"] < fit["R² high"]).all()
+    assert fit.loc["good", "R²"] > 0.9 > fit.loc["poor", "R²"]
+    with pytest.raises(InvalidParameterError, match="names"):
+        ex.regression_fit(estimates, truth, ["one"])

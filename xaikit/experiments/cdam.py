@@ -471,3 +471,25 @@ def least_attended_share(attention: torch.Tensor, scores: torch.Tensor, share: f
     count = max(1, int(round(share * attention.shape[1])))
     lowest = attention.argsort(dim=1, stable=True)[:, :count]
     return 100 * scores.gather(1, lowest).sum(1) / scores.sum(1).clamp_min(1e-30)
+
+
+def regression_fit(estimates, truth, names: Sequence[str], *, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per target: RMSE and R² with 95 % bootstrap intervals over the samples (rows of `estimates` and `truth`, (N, K)).
+
+    The interval of the mean squared error (`xaikit.stats.bootstrap_ci`) gives both: RMSE is its square root, R² is
+    ``1 - MSE / var(truth)`` (the truth's variance over all N samples held fixed)."""
+    import numpy as np
+
+    from ..stats import bootstrap_ci
+
+    estimates, truth = np.asarray(estimates, np.float64), np.asarray(truth, np.float64)
+    if estimates.shape != truth.shape or estimates.ndim != 2 or estimates.shape[1] != len(names):
+        raise InvalidParameterError(f"give (N, K) estimates and truth with K = {len(names)} names; got {estimates.shape}, {truth.shape}")
+    rows = []
+    for k, name in enumerate(names):
+        mse = bootstrap_ci((estimates[:, k] - truth[:, k]) ** 2, n_resamples=n_resamples, seed=seed)
+        variance = truth[:, k].var()
+        rows.append({"biomarker": name, "R²": 1 - mse.estimate / variance, "R² low": 1 - mse.high / variance,
+                     "R² high": 1 - mse.low / variance, "RMSE": mse.estimate ** 0.5, "RMSE low": mse.low ** 0.5,
+                     "RMSE high": mse.high ** 0.5})
+    return pd.DataFrame(rows).set_index("biomarker")
