@@ -5,6 +5,9 @@
 * `save_table` writes every table a page shows as CSV to
   ``<output folder>/_run/results/<chapter>/<notebook>[-<table>].csv``, at full precision,
   in long format with a ``method`` column where methods are compared (`long_table`).
+  The same parameters and seed give the same result CSVs, byte for byte, on the same
+  machine; measurements of time (speed tables, training seconds) differ from run to run,
+  so `save_timings` writes them to ``_run/timings/`` instead.
 * `show_table` shows a table rounded to a stated precision, with no truncated cells.
 * `golden_errors` measures how far xaikit's attention methods are from the authors'
   reference code on the stored reference outputs (``tests/golden``).
@@ -75,15 +78,21 @@ def current_notebook(chapter_notebook: str | None = None) -> str:
     return name
 
 
-def table_path(table: str | None = None, *, chapter_notebook: str | None = None) -> Path:
-    """Where `save_table` writes table `table` of the running notebook."""
+#: folder of the run dir holding the tables of `save_table` (results) and of `save_timings` (timings)
+RESULTS, TIMINGS = "results", "timings"
+
+
+def table_path(table: str | None = None, *, chapter_notebook: str | None = None, folder: str = RESULTS) -> Path:
+    """Where `save_table` (`folder` results) or `save_timings` (timings) writes table `table` of the running notebook."""
+    if folder not in (RESULTS, TIMINGS):
+        raise InvalidParameterError(f"folder must be {RESULTS!r} or {TIMINGS!r}; got {folder!r}")
     if table is not None and not _NAME_PART.match(table):
         raise InvalidParameterError(
             f"table name {table!r} must be a short file-name-safe word (letters, digits, '_', '.', '-'), e.g. 'ground-truth'"
         )
     chapter, _, notebook = current_notebook(chapter_notebook).rpartition("/")
     filename = f"{notebook}-{table}.csv" if table else f"{notebook}.csv"
-    return results_dir() / chapter / filename
+    return (results_dir() if folder == RESULTS else run_dir() / TIMINGS) / chapter / filename
 
 
 def save_table(df, table: str | None = None, *, chapter_notebook: str | None = None) -> Path:
@@ -93,8 +102,21 @@ def save_table(df, table: str | None = None, *, chapter_notebook: str | None = N
     of a page its own `table` name. A named or non-default index is written as columns.
     Where methods are compared, pass the long form (`long_table`): one row per method and
     quantity, with a ``method`` column. The file is replaced atomically, so a reader never
-    sees half a table.
+    sees half a table. A re-run with the same parameters must write the same bytes: pass
+    measurements of time to `save_timings` instead.
     """
+    return _write_table(df, table_path(table, chapter_notebook=chapter_notebook))
+
+
+def save_timings(df, table: str | None = None, *, chapter_notebook: str | None = None) -> Path:
+    """Write a table of time measurements (seconds, images per second) as `save_table` does, but to
+    ``<run dir>/timings/<chapter>/<notebook>[-<table>].csv``: they change from run to run, and the
+    result CSVs stay the same for the same parameters and seed."""
+    return _write_table(df, table_path(table, chapter_notebook=chapter_notebook, folder=TIMINGS))
+
+
+def _write_table(df, path: Path) -> Path:
+    """`df` as CSV at `path` (index as columns unless it is the default one), replaced atomically."""
     import pandas as pd
     from pandas.io.formats.style import Styler
 
@@ -103,10 +125,9 @@ def save_table(df, table: str | None = None, *, chapter_notebook: str | None = N
     if isinstance(df, pd.Series):
         df = df.to_frame()
     if not isinstance(df, pd.DataFrame):
-        raise InvalidParameterError(f"save_table needs a pandas DataFrame (or Series); got {type(df).__name__}")
+        raise InvalidParameterError(f"save_table and save_timings need a pandas DataFrame (or Series); got {type(df).__name__}")
     default_index = isinstance(df.index, pd.RangeIndex) and df.index.name is None and df.index.start == 0 and df.index.step == 1
     frame = df if default_index else df.reset_index()
-    path = table_path(table, chapter_notebook=chapter_notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
