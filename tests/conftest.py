@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference models of tests/golden and small random timm ViTs."""
+"""Shared fixtures: the reference models of tests/golden, small random timm ViTs, and one smoke run of
+every notebook."""
 
 from __future__ import annotations
 
@@ -101,3 +102,27 @@ def isolated_training(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def book_snapshot() -> dict[str, tuple[int, int]]:
+    """What a run writes into book/ (executed notebooks, _run/), with sizes and modification times.
+
+    The book's own pages are left out: someone may edit them while the tests run.
+    """
+    from xaikit.runner import BOOK
+
+    written = [p for p in sorted(BOOK.rglob("*")) if p.suffix == ".ipynb" or "_run" in p.relative_to(BOOK).parts]
+    return {p.relative_to(BOOK).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in written + [BOOK / "_run"] if p.exists()}
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """Every notebook executed in the smoke profile into a temporary output folder (a copy of the book);
+    the published book/ is left as it was. Session-wide: test_notebooks.py and test_reproducible_tables.py
+    share this one run (minutes on a CPU)."""
+    from xaikit.runner import run_notebooks
+
+    work = tmp_path_factory.mktemp("smoke")
+    before = book_snapshot()
+    runs = run_notebooks("smoke", output_dir=work / "book", log=quiet)
+    return work, runs, before, book_snapshot()

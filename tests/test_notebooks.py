@@ -1,6 +1,7 @@
 """Every notebook: well-formed parameters, runs in the smoke profile (outside the published book),
 renders into a book, and stops in the paper profile with a clear message when the paper's data or
-weights are missing. The runner itself is tested on synthetic notebooks in test_runner.py."""
+weights are missing. The runner itself is tested on synthetic notebooks in test_runner.py; the smoke run
+(`smoke_book`, tests/conftest.py) is shared with test_reproducible_tables.py."""
 
 import re
 from pathlib import Path
@@ -10,9 +11,7 @@ import papermill
 import pytest
 
 from xaikit.cli import build_book
-from xaikit.runner import (
-    BANNER_TAG, BOOK, NOTEBOOKS, notebooks_in_book_order, read_record, record_path, run_notebook, run_notebooks, toc_entries,
-)
+from xaikit.runner import BANNER_TAG, NOTEBOOKS, notebooks_in_book_order, read_record, record_path, run_notebook, toc_entries
 
 NOTEBOOK_NAMES = notebooks_in_book_order()
 
@@ -67,25 +66,6 @@ def test_the_parameter_rules_catch_broken_cells(tmp_path, edit):
     nbformat.write(notebook, tmp_path / "broken.ipynb")
     with pytest.raises(AssertionError):
         check_parameters(tmp_path / "broken.ipynb")
-
-
-def book_snapshot() -> dict[str, tuple[int, int]]:
-    """What a run writes into book/ (executed notebooks, _run/), with sizes and modification times.
-
-    The book's own pages are left out: someone may edit them while the tests run.
-    """
-    written = [p for p in sorted(BOOK.rglob("*")) if p.suffix == ".ipynb" or "_run" in p.relative_to(BOOK).parts]
-    return {p.relative_to(BOOK).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in written + [BOOK / "_run"] if p.exists()}
-
-
-@pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory):
-    """Every notebook executed in the smoke profile into a temporary output folder (a copy of the book);
-    the published book/ is left as it was."""
-    work = tmp_path_factory.mktemp("smoke")
-    before = book_snapshot()
-    runs = run_notebooks("smoke", output_dir=work / "book", log=lambda *_: None)
-    return work, runs, before, book_snapshot()
 
 
 def test_every_notebook_runs_in_the_smoke_profile(smoke_book):

@@ -5,6 +5,9 @@
 * `save_table` writes every table a page shows as CSV to
   ``<output folder>/_run/results/<chapter>/<notebook>[-<table>].csv``, at full precision,
   in long format with a ``method`` column where methods are compared (`long_table`).
+  The same parameters and seed give the same result CSVs, byte for byte, on the same
+  machine; measurements of time (speed tables, training seconds) differ from run to run,
+  so `save_timings` writes them to ``_run/timings/`` instead.
 * `show_table` shows a table rounded to a stated precision, with no truncated cells.
 * `golden_errors` measures how far xaikit's attention methods are from the authors'
   reference code on the stored reference outputs (``tests/golden``).
@@ -75,15 +78,21 @@ def current_notebook(chapter_notebook: str | None = None) -> str:
     return name
 
 
-def table_path(table: str | None = None, *, chapter_notebook: str | None = None) -> Path:
-    """Where `save_table` writes table `table` of the running notebook."""
+#: folder of the run dir holding the tables of `save_table` (results) and of `save_timings` (timings)
+RESULTS, TIMINGS = "results", "timings"
+
+
+def table_path(table: str | None = None, *, chapter_notebook: str | None = None, folder: str = RESULTS) -> Path:
+    """Where `save_table` (`folder` results) or `save_timings` (timings) writes table `table` of the running notebook."""
+    if folder not in (RESULTS, TIMINGS):
+        raise InvalidParameterError(f"folder must be {RESULTS!r} or {TIMINGS!r}; got {folder!r}")
     if table is not None and not _NAME_PART.match(table):
         raise InvalidParameterError(
             f"table name {table!r} must be a short file-name-safe word (letters, digits, '_', '.', '-'), e.g. 'ground-truth'"
         )
     chapter, _, notebook = current_notebook(chapter_notebook).rpartition("/")
     filename = f"{notebook}-{table}.csv" if table else f"{notebook}.csv"
-    return results_dir() / chapter / filename
+    return (results_dir() if folder == RESULTS else run_dir() / TIMINGS) / chapter / filename
 
 
 def save_table(df, table: str | None = None, *, chapter_notebook: str | None = None) -> Path:
@@ -93,8 +102,21 @@ def save_table(df, table: str | None = None, *, chapter_notebook: str | None = N
     of a page its own `table` name. A named or non-default index is written as columns.
     Where methods are compared, pass the long form (`long_table`): one row per method and
     quantity, with a ``method`` column. The file is replaced atomically, so a reader never
-    sees half a table.
+    sees half a table. A re-run with the same parameters must write the same bytes: pass
+    measurements of time to `save_timings` instead.
     """
+    return _write_table(df, table_path(table, chapter_notebook=chapter_notebook))
+
+
+def save_timings(df, table: str | None = None, *, chapter_notebook: str | None = None) -> Path:
+    """Write a table of time measurements (seconds, images per second) as `save_table` does, but to
+    ``<run dir>/timings/<chapter>/<notebook>[-<table>].csv``: they change from run to run, and the
+    result CSVs stay the same for the same parameters and seed."""
+    return _write_table(df, table_path(table, chapter_notebook=chapter_notebook, folder=TIMINGS))
+
+
+def _write_table(df, path: Path) -> Path:
+    """`df` as CSV at `path` (index as columns unless it is the default one), replaced atomically."""
     import pandas as pd
     from pandas.io.formats.style import Styler
 
@@ -103,10 +125,9 @@ def save_table(df, table: str | None = None, *, chapter_notebook: str | None = N
     if isinstance(df, pd.Series):
         df = df.to_frame()
     if not isinstance(df, pd.DataFrame):
-        raise InvalidParameterError(f"save_table needs a pandas DataFrame (or Series); got {type(df).__name__}")
+        raise InvalidParameterError(f"save_table and save_timings need a pandas DataFrame (or Series); got {type(df).__name__}")
     default_index = isinstance(df.index, pd.RangeIndex) and df.index.name is None and df.index.start == 0 and df.index.step == 1
     frame = df if default_index else df.reset_index()
-    path = table_path(table, chapter_notebook=chapter_notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -159,6 +180,45 @@ def show_table(df, precision: int, caption: str | None = None, *, scientific: bo
     return styler
 
 
+def golden_dir_checked(golden_dir: Path | None = None) -> Path:
+    """The folder of the reference outputs (default: the repository's ``tests/golden``), refused when it lacks them."""
+    golden_dir = Path(golden_dir or REPO / "tests" / "golden")
+    if not (golden_dir / "config.json").is_file():
+        raise DataUnavailableError(
+            f"no reference outputs in {golden_dir}: they ship with the xaikit repository (tests/golden); "
+            "run the notebook from a git checkout or pass golden_dir"
+        )
+    return golden_dir
+
+
+def golden_file(golden_dir: Path, name: str) -> dict:
+    """The arrays of ``<golden_dir>/<name>.npz``."""
+    import numpy as np
+
+    with np.load(Path(golden_dir) / f"{name}.npz") as data:
+        return dict(data)
+
+
+def golden_model(golden_dir: Path, which: str, dtype=None):
+    """Reference model `which` ("A" or "B") of the golden files, as a timm VisionTransformer in `dtype` (eval mode)."""
+    import json
+    from functools import partial
+
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    from torch import nn
+
+    c = json.loads((Path(golden_dir) / "config.json").read_text())[f"model{which}"]
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
+        num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, num_classes=c["num_classes"],
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    ).eval()
+    vit.load_state_dict(load_file(str(Path(golden_dir) / f"model_{which}.safetensors")), strict=True)
+    return vit.to(dtype or torch.float32)
+
+
 def golden_errors(golden_dir: Path | None = None, precisions: Sequence[str] = ("float32", "float64")) -> "pd.DataFrame":  # noqa: F821
     """Relative errors of raw attention, rollout and GAE against the reference code's outputs.
 
@@ -167,39 +227,17 @@ def golden_errors(golden_dir: Path | None = None, precisions: Sequence[str] = ("
     (``"float32"``, ``"float64"``), with the error ``max |ours - reference| / max |reference|``: the figures
     ``tests/test_golden_equivalence.py`` checks against its tolerances.
     """
-    import json
     from functools import partial
 
     import numpy as np
     import pandas as pd
-    import timm
     import torch
-    from safetensors.torch import load_file
-    from torch import nn
 
     from .methods import get_method
 
-    golden_dir = Path(golden_dir or REPO / "tests" / "golden")
-    if not (golden_dir / "config.json").is_file():
-        raise DataUnavailableError(
-            f"no reference outputs in {golden_dir}: they ship with the xaikit repository (tests/golden); "
-            "run the notebook from a git checkout or pass golden_dir"
-        )
-    config = json.loads((golden_dir / "config.json").read_text())
-
-    def load(name: str) -> dict:
-        with np.load(golden_dir / f"{name}.npz") as data:
-            return dict(data)
-
-    def model(which: str, dtype) -> nn.Module:
-        c = config[f"model{which}"]
-        vit = timm.models.vision_transformer.VisionTransformer(
-            img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
-            num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], qkv_bias=True, num_classes=c["num_classes"],
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        ).eval()
-        vit.load_state_dict(load_file(str(golden_dir / f"model_{which}.safetensors")), strict=True)
-        return vit.to(dtype)
+    golden_dir = golden_dir_checked(golden_dir)
+    load = partial(golden_file, golden_dir)
+    model = partial(golden_model, golden_dir)
 
     def error(ours: torch.Tensor, reference: np.ndarray) -> float:
         ours = ours.detach().cpu().numpy().reshape(reference.shape)

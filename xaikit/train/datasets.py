@@ -51,6 +51,18 @@ def _shapes(split: str, n_train: int = 30000, n_test: int = 2000, size: int = 32
     return make_shapes(n_test, size=size, seed=1, with_importance=False)
 
 
+def _pairs(split: str, n_train: int = 16000, n_test: int = 2000, size: int = 32):
+    from types import SimpleNamespace
+
+    from ..data.synthetic import make_pairs
+
+    # As for shapes: training seed 0, held-out seed 1; labels (N, 2): the two classes of each image.
+    seed = 0 if split == "train" else 1
+    pairs = make_pairs(n_train if split == "train" else n_test, size=size, seed=seed, with_importance=False)
+    return SimpleNamespace(images=pairs.images, labels=pairs.labels, target_names=pairs.class_names,
+                           source=f"synthetic pairs (xaikit.data.synthetic.make_pairs, seed {seed}, {size} x {size})")
+
+
 def _nodules(split: str, n_train: int = 20000, n_test: int = 2000, size: int = 64, target: str = "malignancy"):
     from types import SimpleNamespace
 
@@ -311,7 +323,7 @@ def _lidc(split: str, crops: str | None = None, target: str = "malignancy", seed
 #: ((N,) class indices; for regression recipes an (N, K) table, named by an optional .target_names)
 #: A set may instead give .images as a `LazyImages` and train on .augmented(positions, rng) (uint8 batches at the
 #: model's size; the set owns its augmentation). Recipes with keep="best-val-loss" also read the split "val".
-DATASETS: dict[str, Callable] = {"cifar10": _cifar10, "cifar100": _cifar100, "shapes": _shapes, "nodules": _nodules,
+DATASETS: dict[str, Callable] = {"cifar10": _cifar10, "cifar100": _cifar100, "shapes": _shapes, "pairs": _pairs, "nodules": _nodules,
                                  "imagenet": _imagenet, "lidc": _lidc}
 
 

@@ -135,3 +135,49 @@ def _regression_metrics(model: nn.Module, test_set, standardised: np.ndarray, me
         "test_rmse_per_target_data_units": dict(zip(names, (np.sqrt(mse) * std).tolist())),
         "test_r2": dict(zip(names, r2.tolist())),
     }
+
+
+def multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """An (N, M) table of class indices (the classes present in each image) as an (N, K) 0/1 float32 table."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.size == 0:
+        raise InvalidParameterError(
+            f"multi-label targets must be an (N, M) table of integer class indices, got shape {labels.shape} and "
+            f"dtype {labels.dtype}"
+        )
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise InvalidParameterError(f"class indices must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    table = np.zeros((len(labels), num_classes), np.float32)
+    np.put_along_axis(table, labels, 1.0, axis=1)
+    return table
+
+
+def both_top(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image (bool, N): whether its M present classes (`labels`, (N, M)) are the M highest of `scores` (N, K)."""
+    labels = np.asarray(labels)
+    top = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, : labels.shape[1]]
+    return (np.sort(top, axis=1) == np.sort(labels, axis=1)).all(axis=1)
+
+
+def multilabel_metrics(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> dict:
+    """The card's multi-label scores on uint8 images with (N, M) present classes.
+
+    test_both_top: the share of images whose M present classes are the model's M highest logits;
+    test_mean_ap: the mean over classes of the average precision of the class's logit (sklearn's
+    ``average_precision_score``) for "class present"; test_ap_per_class: each class's.
+    """
+    from sklearn.metrics import average_precision_score
+
+    scores = predict(model, images).astype(np.float64)
+    present = multi_hot(labels, scores.shape[1])
+    ap = [float(average_precision_score(present[:, k], scores[:, k])) if present[:, k].any() else float("nan")
+          for k in range(scores.shape[1])]
+    return {"test_both_top": float(both_top(scores, labels).mean()), "test_mean_ap": float(np.nanmean(ap)),
+            "test_ap_per_class": ap}
+
+
+def both_top_chance_threshold(n_images: int, num_classes: int, present: int = 2) -> float:
+    """`test_both_top` at or below which a multi-label model learned nothing: the chance that a random order
+    ranks the `present` classes first, ``1 / C(K, M)``, plus three binomial standard errors on `n_images`."""
+    chance = 1.0 / math.comb(num_classes, present)
+    return chance + 3.0 * math.sqrt(chance * (1.0 - chance) / n_images)

@@ -28,9 +28,14 @@ from .datasets import DATASETS, load_data, load_validation
 from .evaluation import (
     _regression_metrics,
     accuracy,
+    both_top,
+    both_top_chance_threshold,
     chance_threshold,
     mean_baseline_threshold,
     mean_squared_errors,
+    multi_hot,
+    multilabel_metrics,
+    predict,
     standardise,
     target_standardisation,
     validation_loss,
@@ -145,6 +150,10 @@ class _Run:
     def regression(self) -> bool:
         return self.config.task == "regression"
 
+    @property
+    def multilabel(self) -> bool:
+        return self.config.task == "multilabel"
+
 
 def _start(config: TrainConfig, device: str, work_dir: Path, init_weights) -> _Run:
     """The run's model (with its starting weights), data, optimiser, schedule and random generator."""
@@ -197,6 +206,8 @@ class _Targets:
 def _targets(run: _Run) -> _Targets:
     """The run's `_Targets`; labels that do not fit the recipe's task or the model's outputs are refused."""
     config, train_set, test_set = run.config, run.train_set, run.test_set
+    if run.multilabel:  # the classes present in each image, as a 0/1 table for the binary cross-entropy
+        return _Targets(torch.from_numpy(multi_hot(train_set.labels, int(getattr(run.model, "num_classes", 0)))))
     if not run.regression:
         class_indices = np.asarray(train_set.labels)
         # Casting a table or float targets to int64 would train on truncated numbers without a word.
@@ -302,6 +313,8 @@ def _step(run: _Run, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, floa
             logits = model(x)
     if run.regression:
         loss = F.mse_loss(logits.float(), labels.to(run.device))
+    elif run.multilabel:
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels.to(run.device))
     else:
         loss = F.cross_entropy(logits.float(), labels.to(run.device), label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -319,6 +332,9 @@ def _end_epoch(run: _Run, targets: _Targets, epoch: int, train_loss: float, log:
     if run.regression:
         metric = "mse"
         monitored = float(mean_squared_errors(model, test_set.images[monitor], targets.test[monitor]).mean())
+    elif run.multilabel:
+        metric = "both_top"
+        monitored = float(both_top(predict(model, test_set.images[monitor]), np.asarray(test_set.labels)[monitor]).mean())
     else:
         metric = "accuracy"
         monitored = accuracy(model, test_set.images[monitor], np.asarray(test_set.labels)[monitor])
@@ -365,6 +381,17 @@ def _final_metrics(run: _Run, targets: _Targets, out_dir: Path) -> tuple[dict, s
                 f"{threshold:.3f}: its MSE minus three standard errors), {unlearned}"
             )
         return metrics, f"test MSE (standardised targets) {metrics['test_mse']:.4f}", kept
+    if run.multilabel:
+        labels = np.asarray(test_set.labels)
+        metrics = multilabel_metrics(model, test_set.images, labels)
+        threshold = both_top_chance_threshold(len(labels), int(getattr(model, "num_classes", 0)), labels.shape[1])
+        if metrics["test_both_top"] <= threshold:
+            raise TrainingError(
+                f"{config.name}: the present classes are the top-{labels.shape[1]} logits on "
+                f"{100 * metrics['test_both_top']:.1f} % of {len(labels)} test images after {step} steps, at chance "
+                f"level (<= {100 * threshold:.1f} %: chance plus three standard errors), {unlearned}"
+            )
+        return metrics, f"both objects top-{labels.shape[1]} on {metrics['test_both_top']:.4f}, mean AP {metrics['test_mean_ap']:.4f}", kept
     test_labels = np.asarray(test_set.labels)
     test_accuracy = accuracy(model, test_set.images, test_labels)
     num_classes = int(getattr(model, "num_classes", 0) or config.timm_kwargs.get("num_classes", 0) or test_labels.max() + 1)
