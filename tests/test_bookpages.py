@@ -83,7 +83,8 @@ def test_status_is_derived_from_notebooks_and_run_records(book):
 def test_generated_status_table_has_every_paper_item_once(book):
     source, notebooks = book
     written = write_generated_pages(source, notebooks=notebooks)
-    assert {p.name for p in written} == {"status.md", "status-foundations.md", "status-tokentm.md", "environment.md"}
+    assert {p.name for p in written} == {"status.md", "status-foundations.md", "status-tokentm.md", "environment.md",
+                                         "glance-foundations.md", "glance-tokentm.md"}
     table = (source / "_generated" / "status.md").read_text().splitlines()
     assert table[0] == "| Paper | Item | Shows | Claim | Notebook | Status | Demo verdict |"
     rows = table[2:]
@@ -226,3 +227,47 @@ def test_a_verdict_saved_by_a_notebook_run_reaches_the_books_table(tmp_path, mon
     judged = [row for row in rows if row.startswith("| Tables 2–4 |")]
     assert judged and judged[0].endswith("| demo done | **does not hold**: GAE 71.8 [70.1, 73.4] is ahead of TokenTM 70.2 [68.5, 71.9]. |")
     assert all(row.endswith(f"| {NOT_RUN_YET} |") for row in rows[2:] if not row.startswith("| Tables 2–4 |"))
+
+
+def test_the_glance_list_gives_claim_verdict_headline_and_the_tested_reason(book):
+    source, notebooks = book
+    write_verdicts(source, "tokentm/01_maps", {
+        "Fig. 1": {"verdict": "holds", "evidence": "long evidence 1.", "headline": "TokenTM ahead by 1.3 [0.6, 1.9].",
+                   "profile": "demo"},
+        "Fig. 4": {"verdict": "does not hold", "evidence": "long evidence 4.", "headline": "Rollout is better.",
+                   "reason": "On the correctly classified images alone Rollout is still better.", "profile": "demo"},
+    })
+    write_generated_pages(source, notebooks=notebooks)
+    glance = (source / "_generated" / "glance-tokentm.md").read_text().split("\n\n")
+    assert glance[0] == ("**The paper's Fig. 1** ({doc}`tokentm/01_maps </tokentm/01_maps>`). *The paper claims:* TokenTM's "
+                         "maps are focused. *The demo:* **holds**. TokenTM ahead by 1.3 [0.6, 1.9].")
+    assert glance[1].endswith("*The demo:* **does not hold**. Rollout is better. *Why:* On the correctly classified images "
+                              "alone Rollout is still better.")
+    assert glance[2].endswith(f"*The demo:* {NOT_RUN_YET}.")  # Table 1: its last demo run failed
+    assert glance[4].startswith("**The paper's Table 6**") and "(" not in glance[4].split("*The paper claims")[0]
+    assert "Foundations 1" not in (source / "_generated" / "glance-foundations.md").read_text()  # no claim, no line
+
+
+def test_a_verdict_without_a_reason_says_the_reason_is_unknown(book):
+    from xaikit.bookpages import UNKNOWN_REASON
+
+    source, notebooks = book
+    write_verdicts(source, "tokentm/01_maps", {
+        "Fig. 4": {"verdict": "does not hold", "evidence": "GAE is better by 2.0 [1.0, 3.0].", "profile": "demo"}})
+    write_generated_pages(source, notebooks=notebooks)
+    glance = (source / "_generated" / "glance-tokentm.md").read_text()
+    assert f"**does not hold**. GAE is better by 2.0 [1.0, 3.0]. *Why:* {UNKNOWN_REASON}" in glance
+
+
+def test_save_verdict_records_headline_and_reason_and_refuses_empty_ones(tmp_path, monkeypatch):
+    from xaikit.errors import InvalidParameterError
+    from xaikit.report import save_verdict
+
+    monkeypatch.setenv("XAIKIT_RUN_DIR", str(tmp_path / "_run"))
+    monkeypatch.setenv("XAIKIT_NOTEBOOK", "tokentm/03_perturbation")
+    monkeypatch.setenv("XAIKIT_PROFILE", "demo")
+    path = save_verdict("Tables 2–4", "does not hold", "e.", headline="h.", reason="the errors do not explain it.")
+    recorded = json.loads(path.read_text())["Tables 2–4"]
+    assert (recorded["headline"], recorded["reason"]) == ("h.", "the errors do not explain it.")
+    with pytest.raises(InvalidParameterError, match="reason must be a non-empty sentence"):
+        save_verdict("Tables 2–4", "does not hold", "e.", reason="  ")

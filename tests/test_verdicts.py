@@ -12,6 +12,7 @@ import torch
 import xaikit.report as report
 from xaikit.errors import DataIntegrityError, InvalidParameterError
 from xaikit.report import DOES_NOT_HOLD, HOLDS, UNTESTABLE, save_verdict, verdicts_path
+from xaikit.stats import format_interval
 from xaikit.verdicts import (
     Verdict,
     best_method_verdict,
@@ -243,3 +244,28 @@ def test_verdict_save_records_the_derived_verdict(run_dir):
     assert isinstance(verdict, Verdict)
     path = verdict.save("Table 6")
     assert json.loads(path.read_text())["Table 6"]["evidence"] == verdict.evidence
+
+
+def test_headlines_are_the_outcome_and_the_deciding_number():
+    best = best_method_verdict(fabricated(-3.0), "TokenTM", higher_is_better=True, floors=["Random"], score="mIoU")
+    assert best.headline.startswith("TokenTM ranks 3rd of 4 on mIoU (95 % interval")
+    assert f"TokenTM − GAE {format_interval(best.difference, best.difference_low, best.difference_high, interval_digits((best.difference_low, best.difference_high)))}: GAE is better." \
+        in best.headline
+    scores = fabricated(+3.0)
+    change = improvement_verdict(scores["GAE"], scores["TokenTM"], higher_is_better=True, score="mIoU",
+                                 before_label="+AF+L", after_label="+AF+L+NECC")
+    assert change.headline.startswith("+AF+L to +AF+L+NECC, mIoU: paired change ") and change.headline.endswith(
+        ", an improvement.")
+    reason = untestable("no CIFAR-100 model here")
+    assert reason.headline == reason.evidence
+    combined = combined_verdict({"neg": best, "pos": change, "CIFAR-100": reason})
+    assert combined.headline == f"1 of 3 parts does not hold (neg: {best.headline.rstrip('.')})."
+    assert combined_verdict({"pos": change, "CIFAR-100": reason}).headline == (
+        f"holds on 1 of 2 parts (pos: {change.headline.rstrip('.')}).")
+
+
+def test_verdict_save_passes_the_headline_and_the_reason(run_dir):
+    verdict = best_method_verdict(fabricated(-3.0), "TokenTM", higher_is_better=True, floors=["Random"])
+    path = verdict.save("Table 6", reason="On deeper models GAE stays ahead.")
+    recorded = json.loads(path.read_text())["Table 6"]
+    assert (recorded["headline"], recorded["reason"]) == (verdict.headline, "On deeper models GAE stays ahead.")

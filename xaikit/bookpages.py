@@ -259,6 +259,44 @@ def status_table(items: list[Item], records: dict[str, dict], source: Path, note
     return _table(header, rows)
 
 
+UNKNOWN_REASON = "unknown: no experiment on the demo explains it."
+
+
+def _paper_item(name: str) -> str:
+    """"The paper's Table 1", "The paper's model (linear probe)": an item as the paper numbers it, never the book's."""
+    first = name.split()[0].rstrip(".")
+    return f"The paper's {name if first in _PAPER_PARTS else name[:1].lower() + name[1:]}"
+
+
+_PAPER_PARTS = {"Table", "Tables", "Fig", "Figs", "Figure", "Figures"}
+
+
+def glance_list(items: list[Item], source: Path, verdicts: dict, profile: str = "demo") -> str:
+    """The results at a glance of a chapter: per claim, what the paper claims, what the demo shows, and why.
+
+    One paragraph per item with a claim: the claim, the demo's verdict with its headline (the outcome and the
+    deciding number with its interval, `xaikit.verdicts.Verdict.headline`), and, where the claim does not hold,
+    the reason the page tested and what it showed, or that the reason is unknown. Everything but the claim comes
+    from the verdict files the notebooks' runs wrote.
+    """
+    paragraphs = []
+    for item in items:
+        if item.claim is None:
+            continue
+        entry = verdicts.get((profile, item.notebook, item.item))
+        where = f" ({_notebook_cell(item.notebook, source)})" if item.notebook else ""
+        text = f"**{_paper_item(item.item)}**{where}. *The paper claims:* {' '.join(item.claim.split())}"
+        if entry is None:
+            text += f" *The demo:* {NOT_RUN_YET}."
+        else:
+            shown = entry.get("headline") or entry["evidence"]
+            text += f" *The demo:* **{entry['verdict']}**. {shown}"
+            if entry["verdict"] == DOES_NOT_HOLD:
+                text += f" *Why:* {entry.get('reason') or UNKNOWN_REASON}"
+        paragraphs.append(text)
+    return "\n\n".join(paragraphs) + "\n" if paragraphs else "No claims of this chapter are listed yet.\n"
+
+
 def _seconds(value) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else "–"
 
@@ -314,8 +352,9 @@ def write_generated_pages(source: Path, *, notebooks: Path = NOTEBOOKS, status_f
         "environment.md": environment_section(records),
     }
     for chapter in dict.fromkeys(i.chapter for i in items):
-        pages[f"status-{chapter}.md"] = status_table([i for i in items if i.chapter == chapter], records, source,
-                                                     notebooks, with_chapter=False, verdicts=verdicts)
+        own = [i for i in items if i.chapter == chapter]
+        pages[f"status-{chapter}.md"] = status_table(own, records, source, notebooks, with_chapter=False, verdicts=verdicts)
+        pages[f"glance-{chapter}.md"] = glance_list(own, source, verdicts)
     written = []
     for name, text in pages.items():
         path = out / name

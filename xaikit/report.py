@@ -293,12 +293,15 @@ def verdicts_path(chapter_notebook: str | None = None) -> Path:
     return results_dir() / chapter / f"{notebook}{VERDICTS_SUFFIX}"
 
 
-def save_verdict(item: str, verdict: str, evidence: str, *, chapter_notebook: str | None = None) -> Path:
+def save_verdict(item: str, verdict: str, evidence: str, *, headline: str | None = None, reason: str | None = None,
+                 chapter_notebook: str | None = None) -> Path:
     """Record the demo's verdict on one item of ``book/status.yml`` that this notebook reproduces; return the file.
 
     `verdict` is "holds", "does not hold" or "cannot be tested on the demo", derived by `xaikit.verdicts`
     (never typed); `evidence` the sentence with the deciding numbers and their uncertainty (or why the demo
-    cannot test the claim). The file ``<run dir>/results/<chapter>/<notebook>-verdicts.json`` maps each item to
+    cannot test the claim); `headline` the short form of it a results-at-a-glance line prints (`Verdict.headline`);
+    `reason` where the demo disagrees with the paper, the hypothesis the page tested and what it showed (built from
+    the experiment's numbers), or that the reason is unknown. The file ``<run dir>/results/<chapter>/<notebook>-verdicts.json`` maps each item to
     ``{verdict, evidence, profile, recorded_at, run}``; later calls of the same kernel add to it, the first call
     of a new kernel (a re-run) starts it afresh. It is replaced atomically. The book's status tables read it
     (`xaikit.bookpages`). Refused: an item that is not this notebook's in ``book/status.yml``, an item
@@ -321,6 +324,9 @@ def save_verdict(item: str, verdict: str, evidence: str, *, chapter_notebook: st
             f"evidence must be the sentence with the deciding numbers and their uncertainty (or why the claim cannot be "
             f"tested); got {evidence!r}"
         )
+    for name, text in (("headline", headline), ("reason", reason)):
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise InvalidParameterError(f"{name} must be a non-empty sentence or None (left out); got {text!r}")
     items = {entry.item: entry for entry in load_items(BOOK_STATUS) if entry.notebook == notebook}
     if not items:
         raise InvalidParameterError(
@@ -347,6 +353,7 @@ def save_verdict(item: str, verdict: str, evidence: str, *, chapter_notebook: st
     recorded[item] = {
         "verdict": verdict,
         "evidence": " ".join(evidence.split()),
+        **{name: " ".join(text.split()) for name, text in (("headline", headline), ("reason", reason)) if text},
         "profile": os.environ.get("XAIKIT_PROFILE"),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "run": _KERNEL_RUN,

@@ -76,11 +76,13 @@ class Verdict:
     ``method`` is the compared column (the paper's method, or "after"), ``baseline`` what it is compared with
     (the strongest baseline, or "before"); ``difference`` is ``method - baseline`` with its interval;
     ``rank`` is the method's rank among the ``n_ranked`` compared columns (1 = best) with its interval.
-    ``parts`` holds the verdicts a :func:`combined_verdict` was made of.
+    ``parts`` holds the verdicts a :func:`combined_verdict` was made of. ``headline`` is the evidence cut to
+    what a results-at-a-glance line needs (the outcome and the one deciding number with its interval).
     """
 
     verdict: str
     evidence: str
+    headline: str = ""
     method: str | None = None
     baseline: str | None = None
     score: str | None = None
@@ -107,9 +109,16 @@ class Verdict:
         """The fields as a plain dict, without ``parts`` (one row of a verdict table)."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "parts"}
 
-    def save(self, item: str, *, chapter_notebook: str | None = None) -> Path:
-        """Record this verdict on `item` of ``book/status.yml`` (`xaikit.report.save_verdict`)."""
-        return save_verdict(item, self.verdict, self.evidence, chapter_notebook=chapter_notebook)
+    def save(self, item: str, *, reason: str | None = None, chapter_notebook: str | None = None) -> Path:
+        """Record this verdict on `item` of ``book/status.yml`` (`xaikit.report.save_verdict`).
+
+        `reason`: where the demo disagrees with the paper, the hypothesis the page tested and what the experiment
+        showed (a sentence built from its numbers), or that the reason is unknown; the chapter's results at a
+        glance print it after the verdict.
+        """
+        headline = self.headline if self.headline and self.headline != self.evidence else None  # the evidence is short already
+        return save_verdict(item, self.verdict, self.evidence, headline=headline, reason=reason,
+                            chapter_notebook=chapter_notebook)
 
 
 # -- printing --------------------------------------------------------------------------------------------
@@ -289,8 +298,11 @@ def best_method_verdict(
         f"{format_interval(pair.difference, pair.low, pair.high, difference_digits)}: {outcome}; {shown_method} ranks "
         f"{_rank_text(row['rank'])} of {len(league)} (95 % interval {rank_span}){floor_text}."
     )
+    headline = (f"{shown_method} ranks {_rank_text(row['rank'])} of {len(league)} on {score} (95 % interval {rank_span}); "
+                f"{shown_method} − {shown_baseline} {format_interval(pair.difference, pair.low, pair.high, difference_digits)}: "
+                f"{outcome}")
     return Verdict(
-        verdict=verdict, evidence=evidence, method=method, baseline=strongest, score=score,
+        verdict=verdict, evidence=evidence, headline=_sentence(headline), method=method, baseline=strongest, score=score,
         higher_is_better=higher_is_better, n=pair.n, n_omitted=int(league.attrs["n_omitted"]),
         method_mean=float(row["mean"]), method_low=float(row.mean_low), method_high=float(row.mean_high),
         baseline_mean=float(base["mean"]), baseline_low=float(base.mean_low), baseline_high=float(base.mean_high),
@@ -340,8 +352,10 @@ def improvement_verdict(
         f"intervals); paired change {format_interval(pair.difference, pair.low, pair.high, interval_digits((pair.low, pair.high)))}: "
         f"{outcome}."
     )
+    headline = (f"{before_label} to {after_label}, {score}: paired change "
+                f"{format_interval(pair.difference, pair.low, pair.high, interval_digits((pair.low, pair.high)))}, {outcome}")
     return Verdict(
-        verdict=verdict, evidence=evidence, method=after_label, baseline=before_label, score=score,
+        verdict=verdict, evidence=evidence, headline=_sentence(headline), method=after_label, baseline=before_label, score=score,
         higher_is_better=higher_is_better, n=pair.n, n_omitted=pair.n_omitted,
         method_mean=float(after_ci["mean"]), method_low=float(after_ci.mean_low), method_high=float(after_ci.mean_high),
         baseline_mean=float(before_ci["mean"]), baseline_low=float(before_ci.mean_low), baseline_high=float(before_ci.mean_high),
@@ -379,7 +393,7 @@ def value_verdict(
     evidence = (f"mean {score} {interval.format(digits)} over {_images(interval.n, interval.n_omitted)} (95 % bootstrap "
                 f"interval) against the paper's {paper_value}{within}: {outcome}.")
     return Verdict(
-        verdict=HOLDS if consistent else DOES_NOT_HOLD, evidence=evidence, score=score, n=interval.n,
+        verdict=HOLDS if consistent else DOES_NOT_HOLD, evidence=evidence, headline=evidence, score=score, n=interval.n,
         n_omitted=interval.n_omitted, method_mean=interval.estimate, method_low=interval.low, method_high=interval.high,
         baseline_mean=float(claimed),
     )
@@ -387,7 +401,8 @@ def value_verdict(
 
 def untestable(reason: str) -> Verdict:
     """"cannot be tested on the demo", with the `reason` (one sentence: what the demo lacks, what would test it)."""
-    return Verdict(verdict=UNTESTABLE, evidence=_sentence(_check_text("reason", reason)))
+    evidence = _sentence(_check_text("reason", reason))
+    return Verdict(verdict=UNTESTABLE, evidence=evidence, headline=evidence)
 
 
 def combined_verdict(parts: Mapping[str, Verdict]) -> Verdict:
@@ -421,4 +436,18 @@ def combined_verdict(parts: Mapping[str, Verdict]) -> Verdict:
         if untested:
             evidence = (f"Holds on what the demo can test; it cannot test {', '.join(untested)} "
                         f"({'; '.join(parts[name].evidence.rstrip('.') for name in untested)}). {evidence}")
-    return Verdict(verdict=verdict, evidence=evidence, parts=tuple(parts.items()))
+    return Verdict(verdict=verdict, evidence=evidence, headline=_combined_headline(parts), parts=tuple(parts.items()))
+
+
+def _combined_headline(parts: Mapping[str, Verdict]) -> str:
+    """"2 of 3 parts do not hold (pixel accuracy: ...; mAP: ...)": the parts that decide, each by its headline."""
+    failing = [name for name, part in parts.items() if part.verdict == DOES_NOT_HOLD]
+    tested = [name for name, part in parts.items() if part.verdict != UNTESTABLE]
+    if failing:
+        shown, count = failing, f"{len(failing)} of {len(parts)} parts {'does' if len(failing) == 1 else 'do'} not hold"
+    elif tested:
+        shown, count = tested, f"holds on {len(tested)} of {len(parts)} parts"
+    else:
+        shown, count = list(parts), f"none of the {len(parts)} parts can be tested on the demo"
+    listed = "; ".join(f"{name}: {(parts[name].headline or parts[name].evidence).rstrip('.')}" for name in shown)
+    return f"{count} ({listed})."
