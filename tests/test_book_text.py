@@ -299,3 +299,27 @@ def test_the_methods_page_is_in_the_book_and_the_status_source():
     foundations = next(c for c in status["chapters"] if c["chapter"] == "foundations")
     assert "file: foundations/04_methods" in toc
     assert "foundations/04_methods" in [item["notebook"] for item in foundations["items"]]
+
+
+def _saved_items(path: Path) -> set[str]:
+    """The status items a notebook records a verdict on: `<verdict>.save("item"...)` or `save_verdict("item", ...)`."""
+    code = "\n".join(cells(path, "code"))
+    return set(re.findall(r"""(?:\.save|save_verdict)\(\s*["']([^"']+)["']""", code))
+
+
+def test_every_claim_of_a_built_notebook_gets_a_verdict_recorded_by_it():
+    from xaikit.bookpages import load_items
+
+    missing = []
+    for item in load_items(REPO / "book/status.yml"):
+        path = REPO / "notebooks" / f"{item.notebook}.ipynb" if item.notebook else None
+        if item.claim and path is not None and path.is_file() and item.item not in _saved_items(path):
+            missing.append(f"{item.notebook}: {item.item}")
+    assert not missing, f"these items have a claim and a notebook, but the notebook records no verdict on them: {missing}"
+
+
+def test_the_verdict_check_sees_a_notebook_that_forgets_an_item(tmp_path):
+    page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('verdict.save("Table 1")\nsave_verdict(\'Fig. 2\', v, e)')])
+    nbformat.write(page, tmp_path / "page.ipynb")
+    assert _saved_items(tmp_path / "page.ipynb") == {"Table 1", "Fig. 2"}
+
