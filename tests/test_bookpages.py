@@ -84,7 +84,7 @@ def test_generated_status_table_has_every_paper_item_once(book):
     source, notebooks = book
     written = write_generated_pages(source, notebooks=notebooks)
     assert {p.name for p in written} == {"status.md", "status-foundations.md", "status-tokentm.md", "environment.md",
-                                         "glance-foundations.md", "glance-tokentm.md"}
+                                         "glance-foundations.md", "glance-tokentm.md", "repository.md"}
     table = (source / "_generated" / "status.md").read_text().splitlines()
     assert table[0] == "| Paper | Item | Shows | Claim | Notebook | Status | Demo verdict |"
     rows = table[2:]
@@ -271,3 +271,19 @@ def test_save_verdict_records_headline_and_reason_and_refuses_empty_ones(tmp_pat
     assert (recorded["headline"], recorded["reason"]) == ("h.", "the errors do not explain it.")
     with pytest.raises(InvalidParameterError, match="reason must be a non-empty sentence"):
         save_verdict("Tables 2–4", "does not hold", "e.", reason="  ")
+
+
+def test_the_repository_link_comes_from_pyproject(tmp_path):
+    from xaikit.bookpages import repository_section, repository_url
+    from xaikit.errors import InvalidParameterError
+
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "xaikit"\n[project.urls]\nRepository = "https://example.org/xaikit"\n')
+    assert repository_url(pyproject) == "https://example.org/xaikit"
+    assert "[example.org/xaikit](https://example.org/xaikit)" in repository_section(repository_url(pyproject))
+    pyproject.write_text('[project]\nname = "xaikit"\n')
+    assert repository_url(pyproject) is None
+    assert "without a public repository address" in repository_section(None)
+    pyproject.write_text('[project]\nname = "xaikit"\n[project.urls]\nRepository = "git@host:x"\n')
+    with pytest.raises(InvalidParameterError, match="http"):
+        repository_url(pyproject)

@@ -336,6 +336,34 @@ def environment_section(records: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
+PYPROJECT = REPO / "pyproject.toml"
+
+
+def repository_url(pyproject: Path = PYPROJECT) -> str | None:
+    """The project's public repository, ``[project.urls] Repository`` of pyproject.toml (None when not set)."""
+    import tomllib
+
+    try:
+        urls = tomllib.loads(Path(pyproject).read_text()).get("project", {}).get("urls", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    url = urls.get("Repository") or urls.get("repository")
+    if url is not None and not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+        raise InvalidParameterError(f"{pyproject}: [project.urls] Repository must be an http(s) address; got {url!r}")
+    return url
+
+
+def repository_section(url: str | None) -> str:
+    """Where the book's code lives: a link to the repository, or, when none is recorded, what this copy holds."""
+    if url:
+        return (f"The code of this book, the `xaikit` library, its tests and the notebooks, is in the project's "
+                f"repository, [{url.removeprefix('https://').removeprefix('http://')}]({url}): `make install` sets it up "
+                "and `xaikit run` re-runs any page.\n")
+    return ("The code of this book, the `xaikit` library, its tests and the notebooks, comes with the source it was "
+            "built from (its README says how to install it with `make install` and re-run any page with `xaikit run`); "
+            "this copy was built without a public repository address.\n")
+
+
 def write_generated_pages(source: Path, *, notebooks: Path = NOTEBOOKS, status_file: Path | None = None) -> list[Path]:
     """Write the status tables and the environment section under ``<source>/_generated``; return the paths."""
     source = Path(source)
@@ -350,6 +378,7 @@ def write_generated_pages(source: Path, *, notebooks: Path = NOTEBOOKS, status_f
     pages = {
         "status.md": status_table([i for i in items if i.paper], records, source, notebooks, verdicts=verdicts),
         "environment.md": environment_section(records),
+        "repository.md": repository_section(repository_url()),
     }
     for chapter in dict.fromkeys(i.chapter for i in items):
         own = [i for i in items if i.chapter == chapter]
