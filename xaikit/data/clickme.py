@@ -335,7 +335,9 @@ def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Each record of the TFRecord file `path` as {feature name: value} (see :func:`decode_example`).
 
     Every CRC is checked; a corrupt, cut or undecodable record raises
-    :class:`~xaikit.errors.DataIntegrityError` naming the file and the record index.
+    :class:`~xaikit.errors.DataIntegrityError` naming the file and the record index. (A file cut
+    exactly between two records is well-formed TFRecord and cannot be told from a shorter one;
+    for the ClickMe shards the sha256 recorded at first use catches it.)
     """
     path = Path(path)
     offset = 0
