@@ -398,7 +398,9 @@ def dice(maps, human, top: float = 0.1) -> torch.Tensor:
     Dice 0 (as in Harmonization).
     """
     if isinstance(top, bool) or not isinstance(top, (int, float, np.integer, np.floating)) or not 0 < top < 1:
-        raise InvalidParameterError(f"top must be the share of pixels kept, in (0, 1), e.g. 0.1 for the top 10%; got {top!r}")
+        raise InvalidParameterError(
+            f"top must be the share of pixels kept, in (0, 1), e.g. 0.1 for the top 10%; got {top!r}"
+        )
     maps, human = _alignment_inputs(maps, human)
     if maps.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=maps.device)
