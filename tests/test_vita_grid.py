@@ -231,6 +231,10 @@ def test_a_folder_of_another_search_is_refused(tmp_path, search_inputs):
         vita.grid_search(model, images, human, targets.flip(0), tmp_path, configs[:1], metrics=["dice"], log=None)
     with pytest.raises(InvalidParameterError, match="metrics"):
         vita.grid_search(model, images, human, targets, tmp_path, configs[:1], log=None)
+    with pytest.raises(InvalidParameterError, match="from 0 to 6"):
+        vita.grid_search(model, images, human, targets + 5, tmp_path / "other", configs[:1], log=None)
+    with pytest.raises(InvalidParameterError, match="square, one per image"):
+        vita.grid_search(model, images, human[:4], targets, tmp_path / "other", configs[:1], log=None)
 
 
 def test_the_best_configuration_per_cam_and_metric_is_read_from_the_files(tmp_path):
