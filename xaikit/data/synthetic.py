@@ -103,6 +103,8 @@ from skimage import draw
 
 from xaikit.errors import InvalidParameterError
 
+from ._checks import check_count
+
 __all__ = [
     "LIDC_BIOMARKERS",
     "MALIGNANCY_WEIGHTS",
@@ -246,20 +248,6 @@ class NoduleSet:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_count(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise InvalidParameterError(f"n must be an integer >= 0, got {n!r}; pass e.g. n=1000.")
-    return int(n)
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise InvalidParameterError(
-            f"seed must be an integer >= 0, got {seed!r}; pass e.g. seed=0."
-        )
-    return int(seed)
 
 
 def _check_size(size: object, minimum: int, why: str, other_fix: str = "") -> int:
@@ -476,8 +464,8 @@ def make_shapes(
     skips the importance maps (saves 4 bytes per pixel for large training sets).
     Rules: see the module docstring.
     """
-    n = _check_count(n)
-    seed = _check_seed(seed)
+    n = check_count("make_shapes", "n", n, " (the number of images)")
+    seed = check_count("make_shapes", "seed", seed)
     lo, hi, size = _check_shape_geometry(scale_range, 0.45, size, 16)
     sigma = _check_sigma(importance_sigma, size)
     canvas = _Canvas(size)
@@ -515,8 +503,8 @@ def make_pairs(
     objects always fit; the smallest radius must be >= 3 px). Other arguments as in
     :func:`make_shapes`. Rules: see the module docstring.
     """
-    n = _check_count(n)
-    seed = _check_seed(seed)
+    n = check_count("make_pairs", "n", n, " (the number of images)")
+    seed = check_count("make_pairs", "seed", seed)
     lo, hi, size = _check_shape_geometry(scale_range, 0.22, size, 32, " and two shapes must fit side by side")
     sigma = _check_sigma(importance_sigma, size)
     canvas = _Canvas(size)
@@ -706,8 +694,8 @@ def make_nodules(
     (diameter_mm[1] / mm_per_pixel <= 0.85 * size). label_rule: "threshold" (label =
     score >= 0.5) or "bernoulli" (label ~ Bernoulli(score)). Rules: see the module docstring.
     """
-    n = _check_count(n)
-    seed = _check_seed(seed)
+    n = check_count("make_nodules", "n", n, " (the number of images)")
+    seed = check_count("make_nodules", "seed", seed)
     if isinstance(mm_per_pixel, bool) or not isinstance(mm_per_pixel, numbers.Real) \
             or not 0 < mm_per_pixel < math.inf:
         raise InvalidParameterError(
