@@ -230,7 +230,7 @@ def trailing_comments(code: str) -> dict[int, str]:
 
 
 #: comments of the example that state no output
-NOT_OUTPUTS = {"any timm ViT name"}
+NOT_OUTPUTS = {"any timm ViT name", "ViTA's astrocytes in block 0"}
 
 
 def check_claim(comment: str, value, sizes: dict[str, int]) -> None:
@@ -272,12 +272,19 @@ def test_the_readmes_python_example_gives_the_outputs_its_comments_state(monkeyp
         else:
             exec(compile(ast.Module([statement], []), "README", "exec"), namespace)
             value = namespace[statement.targets[0].id] if isinstance(statement, ast.Assign) else None
+        if isinstance(statement, ast.With):  # the comment on the block's assignment states its value
+            (inner,) = statement.body
+            if inner.lineno in comments:
+                embed = namespace["model"].patch_embed
+                check_claim(comments[inner.lineno], namespace[inner.targets[0].id],
+                            dict(zip(("B", "gh", "gw"), (len(pil_images), *embed.grid_size))))
+                checked += 1
         if statement.lineno in comments:
             embed = namespace["model"].patch_embed  # the sizes the shapes name: the model's input and token grid
             sizes = dict(zip(("B", "H", "W", "gh", "gw"), (len(pil_images), *embed.img_size, *embed.grid_size)))
             check_claim(comments[statement.lineno], value, sizes)
             checked += comments[statement.lineno] not in NOT_OUTPUTS
-    assert checked == 4  # the shapes of images, maps and pixels, and the list of methods
+    assert checked == 5  # the shapes of images, maps, pixels and the astrocytes' maps, and the list of methods
     assert namespace["images"].min() < 0  # "normalised": mean and std taken out, not pixels in [0, 1]
 
 
