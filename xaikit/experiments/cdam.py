@@ -95,22 +95,22 @@ def _read(text: str, index) -> pd.DataFrame:
 
 
 def paper_table1() -> pd.DataFrame:
-    """Table 1, correctness on X_multi (DINO ViT-S/8), indexed by method."""
+    """The paper's Table 1, correctness on X_multi (DINO ViT-S/8), indexed by method."""
     return _read(_CORRECTNESS, "method").query("data == 'X_multi'").drop(columns="data")
 
 
 def paper_table_s1() -> pd.DataFrame:
-    """Table S1, correctness on X_val (DINO ViT-S/8), indexed by method."""
+    """The paper's Table S1, correctness on X_val (DINO ViT-S/8), indexed by method."""
     return _read(_CORRECTNESS, "method").query("data == 'X_val'").drop(columns="data")
 
 
 def paper_table2() -> pd.DataFrame:
-    """Table 2, class discrimination on X_multi, indexed by method."""
+    """The paper's Table 2, class discrimination on X_multi, indexed by method."""
     return _read(_DISCRIMINATION_COMPACTNESS, "method")[["A_Δ(LIF-MIF)", "A_Δbox"]]
 
 
 def paper_table3() -> pd.DataFrame:
-    """Table 3, compactness on X_multi (fraction of tokens below 5 % of the map's maximum)."""
+    """The paper's Table 3, compactness on X_multi (fraction of tokens below 5 % of the map's maximum)."""
     return _read(_DISCRIMINATION_COMPACTNESS, "method")[["compactness"]]
 
 
@@ -151,7 +151,7 @@ def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
 
 @dataclass
 class CorrectnessRun:
-    """Fidelity and box sensitivity of every method's maps of one set of classes (Table 1 / S1)."""
+    """Fidelity and box sensitivity of every method's maps of one set of classes (the paper's Table 1 / S1)."""
 
     fidelity: dict[str, FidelityResult]
     box: dict[str, BoxSensitivityResult]
@@ -201,7 +201,7 @@ def discrimination(model, images: torch.Tensor, classes: torch.Tensor, other_cla
 
 
 def discrimination_table(results: Mapping[str, ClassDiscriminationResult]) -> pd.DataFrame:
-    """Table 2: indexed by method, A_Δ(LIF-MIF) and A_Δbox with their standard errors over images."""
+    """The paper's Table 2: indexed by method, A_Δ(LIF-MIF) and A_Δbox with their standard errors over images."""
     rows = {}
     for label, result in results.items():
         row = {}
@@ -212,7 +212,7 @@ def discrimination_table(results: Mapping[str, ClassDiscriminationResult]) -> pd
 
 
 def compactness_table(maps: Mapping[str, torch.Tensor], threshold: float = 0.05) -> pd.DataFrame:
-    """Table 3: indexed by method, the mean compactness of the raw maps and its standard error."""
+    """The paper's Table 3: indexed by method, the mean compactness of the raw maps and its standard error."""
     rows = {}
     for label, row_maps in maps.items():
         mean, sem = _mean_sem(compactness(row_maps, threshold))
@@ -233,7 +233,7 @@ def _frame(per_image: Mapping[str, torch.Tensor]) -> pd.DataFrame:
 
 
 def correctness_scores(run: CorrectnessRun) -> dict[str, pd.DataFrame]:
-    """Per-image scores of Table 1 / S1: metric -> DataFrame (rows images, columns the methods' labels)."""
+    """Per-image scores of the paper's Table 1 / S1: metric -> DataFrame (rows images, columns the methods' labels)."""
     fid = run.fidelity
     return {
         "A_MIF": _frame({label: result.a_mif_per_image for label, result in fid.items()}),
@@ -244,8 +244,9 @@ def correctness_scores(run: CorrectnessRun) -> dict[str, pd.DataFrame]:
 
 
 def discrimination_scores(results: Mapping[str, ClassDiscriminationResult]) -> dict[str, pd.DataFrame]:
-    """Per-image scores of Table 2 (metric -> images x labels), and those of Table 1 for the class c
-    (``A_LIF-MIF``, ``A_box``): the maps of c read against the logit of c are Table 1's test on X_multi."""
+    """Per-image scores of the paper's Table 2 (metric -> images x labels), and those of the paper's Table 1 for
+    the class c (``A_LIF-MIF``, ``A_box``): the maps of c read against the logit of c are that table's test on
+    X_multi."""
     return {
         "A_Δ(LIF-MIF)": _frame({label: r.a_delta_lif_minus_mif_per_image for label, r in results.items()}),
         "A_Δbox": _frame({label: r.a_delta_box_per_image for label, r in results.items()}),
@@ -255,7 +256,7 @@ def discrimination_scores(results: Mapping[str, ClassDiscriminationResult]) -> d
 
 
 def compactness_scores(maps: Mapping[str, torch.Tensor], threshold: float = 0.05) -> dict[str, pd.DataFrame]:
-    """Per-image compactness of Table 3 (``{"compactness": images x labels}``), as `compactness_table`."""
+    """Per-image compactness of the paper's Table 3 (``{"compactness": images x labels}``), as `compactness_table`."""
     return {"compactness": _frame({label: compactness(row_maps, threshold) for label, row_maps in maps.items()})}
 
 

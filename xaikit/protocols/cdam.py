@@ -214,7 +214,7 @@ class Fidelity(_BlurredProtocol):
     gives an area near 1000, the magnitudes of the paper's Tables 1 and S1
     (A_LIF about 1000-1500); the authors' earlier code divided by the clean
     logit, which would give areas below about 100, so the paper does not.
-    ``A_LIF-MIF = A_LIF - A_MIF`` (Table 1: 1038 - 404 = 632).
+    ``A_LIF-MIF = A_LIF - A_MIF`` (the paper's Table 1: 1038 - 404 = 632).
 
     Settings (defaults and why):
 
@@ -521,7 +521,7 @@ class ClassDiscriminationResult:
     """Fidelity and box sensitivity of the maps of the correct class c and of another class c'.
 
     Every curve reads the logit of c. ``fidelity`` and ``box`` use the maps of
-    c (the correctness scores of Table 1 on X_multi); ``other_fidelity`` and
+    c (the correctness scores of the paper's Table 1 on X_multi); ``other_fidelity`` and
     ``other_box`` the maps of c'.
 
     - ``delta_curve`` (B, S): (f_LIF - f_MIF) - (f_LIF' - f_MIF');

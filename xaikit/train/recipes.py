@@ -372,14 +372,18 @@ def finetune_recipe(
     return replace(recipe, timm_kwargs=kwargs, data_kwargs=data_kwargs, **{**updates, **changes})
 
 
+#: The training data's names in words (keys of `xaikit.train.DATASETS`), for the book's tables.
+DATA_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "shapes": "synthetic shapes", "nodules": "synthetic nodules",
+              "pairs": "synthetic pairs of shapes"}
+
+
 def describe_recipe(config: TrainConfig, data_size: int = 32) -> dict[str, str]:
     """The settings of recipe `config` in words, one entry per setting (for the book's recipe tables)."""
     kwargs = config.timm_kwargs
     side = kwargs.get("img_size", 224)
     side = side if isinstance(side, (list, tuple)) else (side, side)
     overlay = kwargs.get("pretrained_cfg_overlay", {})
-    data = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "shapes": "synthetic shapes",
-            "nodules": "synthetic nodules", "pairs": "synthetic pairs of shapes"}.get(config.data, config.data)
+    data = DATA_NAMES.get(config.data, config.data)
     n_train = config.data_kwargs.get("n_train", 0)
     source = {"binary": ", official binary archive", "jpeg": ", offline JPEG copy"}.get(config.data_kwargs.get("source"), "")
     steps = "epoch" if config.warmup_epochs == 1 else "epochs"
@@ -421,3 +425,66 @@ def describe_recipe(config: TrainConfig, data_size: int = 32) -> dict[str, str]:
         "precision": precision,
         "seed": str(config.seed),
     }
+
+
+def held_out_result(card: dict) -> str:
+    """A model card's held-out result in words, by the card's task: top-1 accuracy, the multi-label scores
+    (how often both objects are the top two, mean average precision) or the regression MSE."""
+    if "test_both_top" in card:
+        return f"both objects top-2 on {100 * card['test_both_top']:.1f} %, mean AP {card['test_mean_ap']:.2f}"
+    if "test_mse" in card:
+        return f"MSE {card['test_mse']:.2f} (standardised targets)"
+    if "test_accuracy" in card:
+        return f"top-1 {100 * card['test_accuracy']:.1f} %"
+    raise InvalidParameterError(
+        f"model card {card.get('name', '?')!r} records no held-out result (test_accuracy, test_both_top or test_mse); "
+        "it was not written by xaikit.train: retrain the model with `python -m xaikit.train NAME`"
+    )
+
+
+def describe_card(card: dict) -> dict[str, object]:
+    """A demo model's card in words, one entry per column of the book's model-card tables (task, data, input,
+    size, starting weights, training and the held-out result), every value read from the card."""
+    kwargs, recipe = card["timm_kwargs"], card.get("recipe") or {}
+    side, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
+    outputs = kwargs.get("num_classes", "")
+    task = ("regression" if "test_mse" in card else "multilabel" if "test_both_top" in card else "classification")
+    return {
+        "task": {"regression": f"regression of {outputs} targets",
+                 "multilabel": f"multi-label, {outputs} classes (one sigmoid each)"}.get(task, f"{outputs} classes"),
+        "data": (f"{DATA_NAMES.get(card['data']['name'], card['data']['name'])} ({card['data']['train_images']} train / "
+                 f"{card['data']['test_images']} test)"),
+        "input": f"{side} x {side}, {patch} x {patch} patches",
+        "parameters": card["parameters"],
+        "embedding dim / depth / heads": f"{kwargs['embed_dim']} / {kwargs['depth']} / {kwargs['num_heads']}",
+        "starts from": recipe.get("init") or "random weights",
+        "epochs": card["epochs"],
+        "seed": card["seed"],
+        "hardware": card["hardware"],
+        "training time (min)": card["train_seconds"] / 60,
+        "held-out result (card)": held_out_result(card),
+    }
+
+
+def held_out_score(model, name: str, n_images: int) -> dict[str, object]:
+    """Demo model `name`'s held-out score measured again on the first `n_images` of its recipe's test split
+    (the split its card was scored on), beside the card's value: the card's own measure (top-1 accuracy,
+    both objects top-2, or standardised MSE) in percent or MSE units."""
+    from ..demo_models import model_card
+    from .datasets import DATASETS
+    from .evaluation import accuracy, both_top, mean_squared_errors, predict, standardise
+
+    if name not in RECIPES:
+        raise InvalidParameterError(f"{name!r} has no recipe in xaikit.train.RECIPES, so its test split is unknown; "
+                                    f"name one of {', '.join(RECIPES)}")
+    recipe, card = RECIPES[name], model_card(name)
+    test = DATASETS[recipe.data]("test", **{**recipe.data_kwargs, "n_test": n_images})
+    if recipe.task == "regression":
+        mean, std = (card["targets"][key] for key in ("mean", "std"))
+        value = float(mean_squared_errors(model, test.images, standardise(test.labels, mean, std)).mean())
+        return {"measure": "MSE (standardised targets)", "re-measured": value, "card": card["test_mse"]}
+    if recipe.task == "multilabel":
+        value = float(both_top(predict(model, test.images), test.labels).mean())
+        return {"measure": "both objects top-2 (%)", "re-measured": 100 * value, "card": 100 * card["test_both_top"]}
+    return {"measure": "top-1 accuracy (%)", "re-measured": 100 * accuracy(model, test.images, test.labels),
+            "card": 100 * card["test_accuracy"]}
