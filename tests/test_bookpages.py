@@ -86,7 +86,7 @@ def test_generated_status_table_has_every_paper_item_once(book):
     assert {p.name for p in written} == {"status.md", "status-foundations.md", "status-tokentm.md", "environment.md",
                                          "glance-foundations.md", "glance-tokentm.md", "repository.md"}
     table = (source / "_generated" / "status.md").read_text().splitlines()
-    assert table[0] == "| Paper | Item | Shows | Claim | Notebook | Status | Demo verdict |"
+    assert table[0] == "| Paper | The paper's item | Shows | Claim | Notebook | Status | Demo verdict |"
     rows = table[2:]
     assert [row.split(" | ")[1] for row in rows] == ["Fig. 1", "Fig. 4", "Table 1", "Table 5", "Table 6"]  # papers only, in order
     by_item = {row.split(" | ")[1]: row for row in rows}
@@ -100,7 +100,7 @@ def test_generated_status_table_has_every_paper_item_once(book):
     # no claim on any Foundations item: no claim or verdict columns there
     assert chapter[0] == "| Item | Shows | Notebook | Status |" and chapter[2].endswith("| demo done |")
     assert (source / "_generated" / "status-tokentm.md").read_text().startswith(
-        "| Item | Shows | Claim | Notebook | Status | Demo verdict |")
+        "| The paper's item | Shows | Claim | Notebook | Status | Demo verdict |")
 
 
 def test_every_item_of_the_books_status_file_is_in_the_generated_table(tmp_path):
@@ -162,7 +162,7 @@ def test_tables_show_the_claims_and_the_recorded_verdicts(book):
     write_verdicts(source, "tokentm/02_segmentation", {"Table 1": {"verdict": "holds", "evidence": "x.", "profile": "demo"}})
     write_generated_pages(source, notebooks=notebooks)
     table = (source / "_generated" / "status.md").read_text().splitlines()
-    assert table[0] == "| Paper | Item | Shows | Claim | Notebook | Status | Demo verdict | Paper-profile verdict |"
+    assert table[0] == "| Paper | The paper's item | Shows | Claim | Notebook | Status | Demo verdict | Paper-profile verdict |"
     by_item = {row.split(" | ")[1]: row for row in table[2:]}
     assert by_item["Fig. 1"].endswith(
         f"| **holds**: TokenTM 61.2 [59.0, 63.1] against GAE 55.0 [53.1, 57.2]. | {NOT_RUN_YET} |")

@@ -247,7 +247,8 @@ def status_table(items: list[Item], records: dict[str, dict], source: Path, note
     verdicts = verdicts or {}
     with_claims = any(item.claim for item in items)
     profiles = [p for p in VERDICT_COLUMNS if p == "demo" or any((p, i.notebook, i.item) in verdicts for i in items)]
-    header = (["Paper"] if with_chapter else []) + ["Item", "Shows"] + (["Claim"] if with_claims else []) + ["Notebook", "Status"]
+    item_header = "The paper's item" if items and all(item.paper for item in items) else "Item"  # never the book's own
+    header = (["Paper"] if with_chapter else []) + [item_header, "Shows"] + (["Claim"] if with_claims else []) + ["Notebook", "Status"]
     header += [VERDICT_COLUMNS[profile] for profile in profiles] if with_claims else []
     rows = []
     for item in items:
