@@ -19,6 +19,7 @@ from xaikit.viz import (
     curves_figure,
     figure_problems,
     perturbation_steps_figure,
+    table_markdown,
 )
 
 
@@ -172,3 +173,13 @@ def test_glue_table_glues_markdown_without_showing_it(monkeypatch):
     ((data, metadata),) = shown
     assert metadata["scrapbook"]["name"] == "tab-x"
     assert data["application/papermill.record/text/markdown"] == "| a |\n|---|\n| 1 |"  # not displayed: the glue prefix
+
+
+def test_table_markdown_keeps_every_row_whole_under_a_two_level_index():
+    import pandas as pd
+
+    frame = pd.DataFrame({"v": [1.0, 2.0, 3.0]},
+                         index=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y"), ("b", "x")], names=["m", "s"]))
+    lines = table_markdown(frame.style.format(precision=1)).splitlines()
+    assert lines[0] == "| m | s | v |"
+    assert lines[2:] == ["| a | x | 1.0 |", "| a | y | 2.0 |", "| b | x | 3.0 |"]

@@ -572,7 +572,8 @@ def table_markdown(table) -> str:
     if frame.empty:
         raise InvalidParameterError("the table is empty: give at least one row and one column")
     delimiter = "\x1f"  # a character no cell holds
-    lines = table.to_string(delimiter=delimiter).rstrip("\n").split("\n")
+    # every row whole: a many-level index repeats its values (sparsified, a row would lose its first cells)
+    lines = table.to_string(delimiter=delimiter, sparse_index=False).rstrip("\n").split("\n")
     rows = [line.split(delimiter) for line in lines]
     index_shown = len(rows[0]) > len(frame.columns)
     body = rows[-len(frame):]
