@@ -323,3 +323,76 @@ def test_the_verdict_check_sees_a_notebook_that_forgets_an_item(tmp_path):
     nbformat.write(page, tmp_path / "page.ipynb")
     assert _saved_items(tmp_path / "page.ipynb") == {"Table 1", "Fig. 2"}
 
+
+
+def test_every_chapter_index_shows_its_results_at_a_glance():
+    from xaikit.bookpages import load_items
+
+    chapters = {item.chapter for item in load_items(REPO / "book/status.yml") if item.claim}
+    for chapter in sorted(chapters):
+        index = REPO / "book" / chapter / "index.md"
+        if any((REPO / "notebooks" / chapter).glob("*.ipynb")):
+            assert f"_generated/glance-{chapter}.md" in index.read_text(), f"{index} does not include its results at a glance"
+
+
+PAPER_REFERENCE = re.compile(r"\b(?:Figures?|Tables?|Figs?\.)\s+S?\d+(?!\.\d)")
+PAGE_SOURCES = ["xaikit/experiments", "xaikit/protocols/cdam.py", "xaikit/viz.py", "xaikit/train/recipes.py"]
+
+
+def unmarked_paper_references(text: str) -> list[str]:
+    """References to a paper's figure or table that do not say they are the paper's ("Table 2" rather than
+    "the paper's Table 2" or "Table 2 of the paper"): a reader takes them for the book's own numbered ones."""
+    found = []
+    for match in PAPER_REFERENCE.finditer(text):
+        before, after = text[max(0, match.start() - 40):match.start()], text[match.end():match.end() + 30]
+        if re.search(r"paper", before, re.IGNORECASE) or re.match(r"[–\-\dS, ]*(?:of|in) (?:the|their|its) paper", after):
+            continue
+        found.append(text[max(0, match.start() - 30):match.end() + 10].replace("\n", " "))
+    return found
+
+
+def _shown_strings(path: Path) -> list[str]:
+    """String constants of a module that can reach a page (docstrings left out)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_the_paper_reference_check_tells_the_papers_numbers_from_the_books():
+    assert unmarked_paper_references("as Table 2 shows; see Figure 3.2") == ["as Table 2 shows; see Figure 3.2"[:20]]
+    assert not unmarked_paper_references("the paper's Table 2 and Figure 3.2; Table 5 of the paper; "
+                                         "the paper's Table S1 + Figs. S6–S7; Tables 2–4 in the paper")
+
+
+def test_every_paper_figure_or_table_the_reader_sees_says_it_is_the_papers():
+    from xaikit.bookpages import load_items
+
+    item_keys = {item.item for item in load_items(REPO / "book/status.yml")}  # `.save("Fig. 1")`: keys, not text
+    sources = {}
+    for path in NOTEBOOKS:
+        page = nbformat.read(path, as_version=4)
+        sources[str(path.relative_to(REPO))] = "\n".join(
+            [c.source for c in page.cells if c.cell_type == "markdown"]
+            + [s for c in page.cells if c.cell_type == "code" for s in _code_strings(c.source) if s not in item_keys])
+    for path in sorted((REPO / "book").rglob("*.md")):
+        sources[str(path.relative_to(REPO))] = path.read_text()
+    for name in PAGE_SOURCES:
+        for path in sorted((REPO / name).rglob("*.py")) if (REPO / name).is_dir() else [REPO / name]:
+            sources[str(path.relative_to(REPO))] = "\n".join(_shown_strings(path))
+    unmarked = {name: found for name, text in sources.items() if (found := unmarked_paper_references(text))}
+    assert not unmarked, f"say 'the paper's Table N' / 'the paper's Fig. N' where these refer to a paper: {unmarked}"
+
+
+def _code_strings(source: str) -> list[str]:
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a cell with IPython magics: its raw text
+        return [source]
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
