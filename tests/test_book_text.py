@@ -128,6 +128,7 @@ ax.plot([0, 1], [0, 1])
 glue_figure("fig-other", fig)
 table = pd.DataFrame({"pixel accuracy": [84.04, 49.9]}, index=pd.Index(["all_background", "random"], name="method"))
 glue_table("tab-floors", show_table(table, 1))
+show_table(table.rename(index={"random": "random floor"}), 2, caption="Shown with its caption.")
 '''
 
 PAGE_TEXT = '''Both figures and the table are numbered by chapter; {numref}`tab-floors` holds the floors.
@@ -206,7 +207,9 @@ def test_a_rendered_book_numbers_figures_and_tables_per_chapter(tmp_path, monkey
     assert "Figure 1.1 A picture." in text("one/index") and "Figure 2.1 Another picture." in text("two/index")
     results = text("two/01_results")
     assert "Figure 2.2 A falling line." in results and "Figure 2.3 A rising line." in results
-    assert "Table 2.1 The floors." in results and "Table 2.1 holds the floors" in results
+    # a table shown with a caption (xaikit.report.show_table) is numbered like a {table} block of the text
+    assert "Table 2.1 Shown with its caption." in results and "random floor 49.90" in results
+    assert "Table 2.2 The floors." in results and "Table 2.2 holds the floors" in results
     assert "all_background 84.0" in results and "random 49.9" in results  # the table's cells, as show_table rounds them
     assert "2.1. Results" in results  # the page is section 1 of chapter 2
     html = (out / "_build" / "html" / "two" / "01_results.html").read_text()

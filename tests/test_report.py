@@ -182,3 +182,20 @@ def test_golden_errors_say_what_is_missing(tmp_path):
         golden_errors(tmp_path)
     with pytest.raises(InvalidParameterError, match="float16"):
         golden_errors(precisions=["float16"])
+
+
+def test_a_captioned_table_is_a_numbered_table_block_for_the_book_and_html_for_jupyter():
+    import pandas as pd
+
+    from xaikit.report import CaptionedTable
+    from xaikit.viz import table_markdown
+
+    frame = pd.DataFrame({"mIoU": [60.23, 52.8]}, index=pd.Index(["tokentm", "centre_prior"], name="method"))
+    shown = show_table(frame, 1, caption="Segmentation\non the shapes.")
+    assert isinstance(shown, CaptionedTable) and "<caption>Segmentation\non the shapes.</caption>" in shown._repr_html_()
+    assert shown._repr_markdown_() == ("````{table} Segmentation on the shapes.\n\n| method | mIoU |\n|---|---|\n"
+                                       "| tokentm | 60.2 |\n| centre\\_prior | 52.8 |\n````\n")
+    assert table_markdown(shown) == table_markdown(show_table(frame, 1))  # glue_table takes it too
+    assert shown.data is frame  # the rest is the Styler's
+    wide = frame.set_axis(pd.MultiIndex.from_tuples([("seg", "mIoU")]), axis=1)
+    assert show_table(wide, 1, caption="Two column levels.")._repr_markdown_() is None  # HTML only, unnumbered

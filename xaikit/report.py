@@ -152,12 +152,43 @@ def long_table(df, id_column: str = "method", var_name: str = "quantity", value_
     return frame.melt(id_vars=id_column, var_name=var_name, value_name=value_name)
 
 
+class CaptionedTable:
+    """A table with a caption, as `show_table` returns it: numbered in the book ("Table 3.1"), plain in Jupyter.
+
+    It shows itself twice over: as HTML (the Styler, caption on top) for Jupyter, and as a MyST ``{table}``
+    block around the Markdown table for the book, whose configuration prefers Markdown outputs to HTML
+    (``nb_mime_priority_overrides`` in _config.yml), so Sphinx numbers it per chapter like the ``{table}`` blocks
+    of the pages' text. A table Markdown cannot hold (several column levels) stays HTML, unnumbered. Everything
+    else is the Styler's: ``.to_html()``, ``.data``, and `xaikit.viz.glue_table` / ``table_markdown`` take it.
+    """
+
+    def __init__(self, styler, caption: str) -> None:
+        self.styler = styler
+        self.caption = " ".join(str(caption).split())
+
+    def __getattr__(self, name: str):
+        return getattr(self.styler, name)
+
+    def _repr_html_(self) -> str:
+        return self.styler.to_html()
+
+    def _repr_markdown_(self) -> str | None:
+        from .viz import table_markdown
+
+        try:
+            body = table_markdown(self.styler)
+        except InvalidParameterError:  # several column levels: the HTML output stands alone
+            return None
+        return f"````{{table}} {self.caption}\n\n{body.rstrip()}\n````\n"
+
+
 def show_table(df, precision: int, caption: str | None = None, *, scientific: bool = False):
     """`df` for display: numbers rounded to `precision` decimals, every cell whole, optional caption.
 
-    Returns a pandas ``Styler`` (the last expression of a cell shows it). Integers stay
-    integers; missing values show as an en dash. With `scientific`, floats are written
-    as ``1.23e-06`` with `precision` decimals (for errors and other tiny numbers).
+    Returns a pandas ``Styler`` (the last expression of a cell shows it); with a caption, a `CaptionedTable`
+    around it, which the book numbers per chapter ("Table 3.1"). Integers stay integers; missing values show
+    as an en dash. With `scientific`, floats are written as ``1.23e-06`` with `precision` decimals (for errors
+    and other tiny numbers).
     """
     import pandas as pd
 
@@ -176,7 +207,7 @@ def show_table(df, precision: int, caption: str | None = None, *, scientific: bo
         styler = df.style.format(precision=precision, na_rep="–")
     styler = styler.set_table_attributes('class="dataframe"')
     if caption:
-        styler = styler.set_caption(caption)
+        return CaptionedTable(styler.set_caption(caption), caption)
     return styler
 
 

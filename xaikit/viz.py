@@ -554,6 +554,7 @@ def table_markdown(table) -> str:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
+    table = getattr(table, "styler", table)  # a captioned table (xaikit.report.show_table with a caption)
     if isinstance(table, pd.DataFrame):
         plain_index = isinstance(table.index, pd.RangeIndex) and table.index.name is None
         table = table.style.format(na_rep="–")
