@@ -421,6 +421,12 @@ def _fixed(value: float, digits: int) -> str:
     return f"{round(value, digits) + 0.0:.{digits}f}"
 
 
+def ordinal(rank: int) -> str:
+    """A rank in words for the text: ``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``21st``."""
+    suffix = "th" if 11 <= rank % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(rank % 10, "th")
+    return f"{rank}{suffix}"
+
+
 def format_interval(estimate: float, low: float, high: float, digits: int = 1) -> str:
     """A value with its interval, the one way the book prints them: ``"71.3 [69.8, 72.9]"``.
 

@@ -52,9 +52,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InvalidParameterError
-from .experiments.tokentm_maps import ordinal
 from .report import DOES_NOT_HOLD, HOLDS, UNTESTABLE, save_verdict
-from .stats import bootstrap_ci, format_interval, paired_comparison, rank_intervals
+from .stats import bootstrap_ci, format_interval, ordinal, paired_comparison, rank_intervals
 
 __all__ = [
     "Verdict",

@@ -29,6 +29,7 @@ from ..errors import InvalidParameterError, WeightsUnavailableError
 from ..methods import get_method
 from ..protocols import DEFAULT_FRACTIONS, Perturbation, PerturbationEngine, PerturbationResult, Segmentation
 from ..protocols.perturbation import EXPLAINED_CLASSES
+from ..stats import ordinal  # noqa: F401  (also read as pt.ordinal / tokentm_maps.ordinal by pages and tests)
 from .comparison import rank_agreement
 
 ORDERS = ("positive", "negative")
@@ -356,9 +357,6 @@ def paper_auc_columns(dataset: str) -> pd.DataFrame:
     return wide[[f"{e} {o}" for e in PAPER_EXPLAINED.values() for o in PAPER_ORDERS]]
 
 
-def ordinal(n: int) -> str:
-    """``"1st"``, ``"2nd"``, ``"11th"``, ``"23rd"``: a rank in words for the text."""
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def join_names(names: Sequence[str], empty: str = "none") -> str:

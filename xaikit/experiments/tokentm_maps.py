@@ -32,6 +32,7 @@ from ..methods import get_method
 from ..methods.base import eval_mode
 from ..protocols import Segmentation
 from ..targets import Target
+from ..stats import ordinal  # noqa: F401  (also read as pt.ordinal / tokentm_maps.ordinal by pages and tests)
 from .comparison import rank_agreement
 
 #: Table 1's metrics: our column name -> the key of `SegmentationResult.summary`
@@ -373,10 +374,6 @@ def ranking_against_paper(
     return pd.DataFrame(rows).set_index("metric")
 
 
-def ordinal(rank: int) -> str:
-    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``21st``."""
-    suffix = "th" if 11 <= rank % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(rank % 10, "th")
-    return f"{rank}{suffix}"
 
 
 def first_place_verdict(
