@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError, WeightsUnavailableError
 from ..methods import get_method
+from ..methods.base import positive_int
 from ..protocols import DEFAULT_FRACTIONS, Perturbation, PerturbationEngine, PerturbationResult, Segmentation
 from ..protocols.perturbation import EXPLAINED_CLASSES
 from ..stats import ordinal  # noqa: F401  (also read as pt.ordinal / tokentm_maps.ordinal by pages and tests)
@@ -74,10 +75,6 @@ def _check_choices(name: str, given, valid: Sequence[str]) -> tuple[str, ...]:
     return values
 
 
-def _check_batch_size(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidParameterError(f"{name} must be a positive int; got {value!r}")
-    return int(value)
 
 
 def _sem(values: torch.Tensor) -> float:
@@ -172,7 +169,7 @@ def explain_maps(
     the same, explaining only the others. Returns CPU float32 maps keyed (label, name).
     """
     methods = _check_methods(methods)
-    batch_size = _check_batch_size("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     if not classes:
         raise InvalidParameterError("classes is empty: give at least one name -> class per image")
     names = list(classes)
@@ -230,8 +227,8 @@ def run_perturbation(
     methods = _check_methods(methods)
     explained = _check_choices("explained", explained, EXPLAINED_CLASSES)
     orders = _check_choices("orders", orders, ORDERS)
-    batch_size = _check_batch_size("batch_size", batch_size)
-    explain_batch_size = batch_size if explain_batch_size is None else _check_batch_size("explain_batch_size", explain_batch_size)
+    batch_size = positive_int("batch_size", batch_size)
+    explain_batch_size = batch_size if explain_batch_size is None else positive_int("explain_batch_size", explain_batch_size)
     if engine is None:
         engine = PerturbationEngine(model, batch_size=batch_size)
     elif engine.model is not model:
@@ -296,7 +293,7 @@ def aopc_lodds_table(
     ``AOPC_sem``, ``LOdds``, ``LOdds_sem``, ``images``.
     """
     if engine is None:
-        engine = PerturbationEngine(model, batch_size=_check_batch_size("batch_size", batch_size))
+        engine = PerturbationEngine(model, batch_size=positive_int("batch_size", batch_size))
     if labels is None:
         labels = engine.clean_logits(images).argmax(1)
     return run_perturbation(
@@ -313,7 +310,7 @@ def segmentation_table(
     `masks` (B, H, W) in {0, 1}; maps explain `targets` (default: the predicted class).
     """
     methods = _check_methods(methods)
-    batch_size = _check_batch_size("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     from .. import explain
 
     masks = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks)
