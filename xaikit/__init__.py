@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .astrocytes import astrocytes
 from .errors import InvalidParameterError, TrainingError, UnsupportedModelError, WeightsUnavailableError, XaikitError
 from .concepts import ConceptTarget, concept_target
 from .imaging import preprocess, upsample

@@ -1,9 +1,14 @@
-"""Agreement of explanation maps with ground truth: synthetic objects, segmentation masks, perturbation curves."""
+"""Agreement of explanation maps with ground truth: synthetic objects, segmentation masks, perturbation curves,
+human attention maps (ClickMe: Spearman, Dice, SSIM)."""
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import InvalidParameterError
 from .imaging import upsample
@@ -255,3 +260,185 @@ def compactness(maps, threshold: float = 0.05) -> torch.Tensor:
         raise InvalidParameterError("maps contain NaN or infinite scores; compactness is undefined for them")
     bound = float(threshold) * flat.amax(dim=1, keepdim=True)
     return (flat.abs() < bound).to(torch.float64).mean(dim=1)
+
+
+# -- Alignment with human maps (ClickMe; Harmonization's metrics, ViTA's SSIM) -----------------------------
+
+#: Harmonization's human Spearman ceiling (``HUMAN_SPEARMAN_CEILING`` of its ``evaluation/click_me.py``), the
+#: 0.65753 its normalised alignment score divides by.
+HUMAN_SPEARMAN_CEILING = 0.6575315343478081
+
+
+class ConstantMapWarning(RuntimeWarning):
+    """Some maps (or human maps) are constant, so they have no ranking and no Spearman correlation."""
+
+
+def _alignment_inputs(maps, human) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as tensors (B, H, W) of the same shape, on the maps' device, finite."""
+    maps = torch.as_tensor(maps).detach()
+    human = torch.as_tensor(human).detach()
+    if maps.ndim != 3 or maps.shape != human.shape:
+        raise InvalidParameterError(
+            f"maps {tuple(maps.shape)} and human maps {tuple(human.shape)} must be batches (B, H, W) of the same "
+            "size: resize the explanation maps to the human maps' size (224 x 224 for ClickMe) first"
+        )
+    if 0 in maps.shape[1:]:
+        raise InvalidParameterError(f"maps {tuple(maps.shape)} have no pixels: give maps of at least one pixel")
+    for name, values in (("maps", maps), ("human maps", human)):
+        if values.dtype == torch.bool or values.is_complex():
+            raise InvalidParameterError(f"{name} must be real-valued maps; got {values.dtype}")
+        bad = ~torch.isfinite(values.float()).flatten(1).all(1)
+        if bool(bad.any()):
+            raise InvalidParameterError(
+                f"{name} hold NaN or infinite values in {int(bad.sum())} of {len(bad)} images (first: image "
+                f"{int(bad.nonzero()[0])}); no alignment is defined for them: fix or leave out those images"
+            )
+    return maps, human.to(maps.device)
+
+
+def _average_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """1-based ranks along the last axis, ties given the average of their ranks (scipy's ``rankdata``), float64."""
+    ordered = rows.sort(dim=-1).values
+    below = torch.searchsorted(ordered, rows, right=False)  # values strictly smaller
+    up_to = torch.searchsorted(ordered, rows, right=True)  # values smaller or equal
+    return (below + up_to + 1).to(torch.float64) / 2
+
+
+def constant_maps(maps, human) -> torch.Tensor:
+    """Per image, whether the map or the human map is constant (B,) bool: the images without a Spearman.
+
+    ``constant_maps(maps, human).sum()`` is how many NaNs :func:`spearman` returns.
+    """
+    maps, human = _alignment_inputs(maps, human)
+
+    def constant(values: torch.Tensor) -> torch.Tensor:
+        flat = values.flatten(1)
+        return flat.amax(1) == flat.amin(1)
+
+    return constant(maps) | constant(human)
+
+
+def spearman(maps, human) -> torch.Tensor:
+    """Per image, the Spearman rank correlation of the map with the human map over the pixels (B,) float64.
+
+    ``scipy.stats.spearmanr(map.flatten(), human.flatten())`` for each image (ties get the average of their
+    ranks), batched: the Pearson correlation of the ranks. `maps` and `human` are (B, H, W) tensors or arrays
+    of the same size (224 x 224 for ClickMe, as Harmonization scores them); values are ranked in their own dtype.
+
+    A constant map (or human map) has no ranking, so no correlation: its score is NaN, as scipy's, and a
+    `ConstantMapWarning` names how many images that is (:func:`constant_maps` says which). NaN scores are kept,
+    never dropped or set to 0; ``xaikit.stats.compare_scores(..., nan="omit")`` leaves them out and counts them.
+    """
+    maps, human = _alignment_inputs(maps, human)
+    if maps.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float64, device=maps.device)
+    rank_maps = _average_ranks(maps.flatten(1))
+    rank_human = _average_ranks(human.flatten(1))
+    middle = (rank_maps.shape[1] + 1) / 2  # the mean of the ranks 1..N, whatever the ties
+    centred_maps, centred_human = rank_maps - middle, rank_human - middle
+    covariance = (centred_maps * centred_human).sum(1)
+    scale = torch.sqrt((centred_maps**2).sum(1) * (centred_human**2).sum(1))
+    undefined = scale == 0
+    correlation = (covariance / scale.masked_fill(undefined, 1.0)).clamp(-1.0, 1.0)
+    if bool(undefined.any()):
+        warnings.warn(
+            f"spearman: {int(undefined.sum())} of {len(undefined)} images have a constant map or human map, which "
+            "has no ranking; their Spearman is NaN (constant_maps() says which; leave them out of means with "
+            "compare_scores(..., nan='omit'), which counts them)",
+            ConstantMapWarning,
+            stacklevel=2,
+        )
+    return correlation.masked_fill(undefined, float("nan"))
+
+
+def alignment_score(maps, human) -> torch.Tensor:
+    """Per image, Harmonization's normalised alignment score: ``spearman(maps, human) / HUMAN_SPEARMAN_CEILING``
+    (B,) float64. Harmonization reports the mean of the Spearman scores divided by the ceiling, which is the
+    mean of these. NaN where :func:`spearman` is NaN."""
+    return spearman(maps, human) / HUMAN_SPEARMAN_CEILING
+
+
+def _top_share_masks(flat: torch.Tensor, top: float) -> torch.Tensor:
+    """Rows (B, N) float32 -> the pixels strictly above ``np.percentile(row, 100 * (1 - top))``, bool (B, N).
+
+    The threshold is numpy's 'linear' percentile of a float32 row exactly (virtual index ``(N - 1) * q``,
+    its two-sided lerp in float32), so a pixel equal to the threshold falls on the same side as in numpy.
+    """
+    count = flat.shape[1]
+    quantile = (100 * (1 - top)) / 100
+    virtual = (count - 1) * quantile
+    below = math.floor(virtual)
+    above = min(below + 1, count - 1)
+    gamma = virtual - below
+    ordered = flat.sort(dim=1).values
+    low, high = ordered[:, below], ordered[:, above]
+    difference = high - low
+    if gamma < 0.5:
+        threshold = low + difference * torch.tensor(gamma, dtype=flat.dtype)
+    else:
+        threshold = high - difference * torch.tensor(1 - gamma, dtype=flat.dtype)
+    return flat > threshold[:, None]
+
+
+def dice(maps, human, top: float = 0.1) -> torch.Tensor:
+    """Per image, the Dice score of the map's and the human map's top `top` share of pixels (B,) float64.
+
+    Harmonization's ``dice(percentile=10)``: both maps are cast to float32, each binarised strictly above its
+    own ``np.percentile(map, 100 * (1 - top))`` (linear interpolation), and the score is
+    ``2 * sum(a * b) / (sum(a + b) + 1e-9)``. A constant map has no pixel above its percentile: an empty mask,
+    Dice 0 (as in Harmonization).
+    """
+    if isinstance(top, bool) or not isinstance(top, (int, float, np.integer, np.floating)) or not 0 < top < 1:
+        raise InvalidParameterError(f"top must be the share of pixels kept, in (0, 1), e.g. 0.1 for the top 10%; got {top!r}")
+    maps, human = _alignment_inputs(maps, human)
+    if maps.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.float64, device=maps.device)
+    top = float(top)
+    a = _top_share_masks(maps.flatten(1).float(), top).to(torch.float64)
+    b = _top_share_masks(human.flatten(1).float(), top).to(torch.float64)
+    return 2.0 * (a * b).sum(1) / ((a + b).sum(1) + 1e-9)
+
+
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each map (B, ...) scaled to [0, 1] by its own minimum and maximum; a constant map becomes all zeros."""
+    flat = maps.flatten(1)
+    low = flat.amin(1)
+    span = flat.amax(1) - low
+    scaled = (flat - low[:, None]) / span.masked_fill(span == 0, 1.0)[:, None]
+    return scaled.reshape(maps.shape)
+
+
+SSIM_WINDOW = 7
+
+
+def ssim(maps, human) -> torch.Tensor:
+    """Per image, the SSIM of the min-max-normalised map and human map (B,) float64.
+
+    ``skimage.metrics.structural_similarity(min_max(map), min_max(human), data_range=1)`` with its defaults:
+    a 7 x 7 uniform window, K1 = 0.01, K2 = 0.03, sample covariance (49 / 48), the mean of the SSIM image over
+    the pixels at least 3 from the border (skimage crops that strip, so the window never leaves the image and
+    the padding mode plays no part). Batched in float64 with a 7 x 7 average pool. A constant map normalises
+    to all zeros (as pytorch-grad-cam's own min-max leaves it) and has a defined SSIM. Maps must be at least
+    7 x 7.
+    """
+    maps, human = _alignment_inputs(maps, human)
+    if min(maps.shape[1:]) < SSIM_WINDOW:
+        raise InvalidParameterError(
+            f"maps {tuple(maps.shape[1:])} are smaller than SSIM's {SSIM_WINDOW} x {SSIM_WINDOW} window: "
+            "score maps of at least 7 x 7 pixels (resize them to the human maps' size)"
+        )
+    x = min_max(maps.to(torch.float64))[:, None]
+    y = min_max(human.to(torch.float64))[:, None]
+
+    def local_mean(values: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(values, SSIM_WINDOW, stride=1)
+
+    window_pixels = SSIM_WINDOW**2
+    covariance_norm = window_pixels / (window_pixels - 1)
+    ux, uy = local_mean(x), local_mean(y)
+    vx = covariance_norm * (local_mean(x * x) - ux * ux)
+    vy = covariance_norm * (local_mean(y * y) - uy * uy)
+    vxy = covariance_norm * (local_mean(x * y) - ux * uy)
+    c1, c2 = 0.01**2, 0.03**2
+    similarity = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return similarity.flatten(1).mean(1)
