@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -254,3 +255,20 @@ def test_bench_times_a_method_inside_the_astrocytes_against_the_same_method():
         assert entry["ratio_to_method"] == pytest.approx(entry["seconds_per_batch"] / report["methods"][name]["seconds_per_batch"])
     assert "astrocytes" not in benchmark(model, images_for(model, n=2), ["gae"], repeats=1)
     assert not model.blocks[0].attn.proj._forward_hooks  # the context was left
+
+
+def test_bench_command_line_reports_the_astrocytic_cost(tmp_path, capsys):
+    from xaikit.bench import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--model", "demo-shapes-vit", "--batch-size", "2", "--repeats", "1", "--methods", "gradcam",
+                 "--astrocytes", "k=4,beta=0.25", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["astrocytes"]["settings"] == {"k": 4, "tau": 3.0, "phi": -0.5, "alpha": 1.5, "beta": 0.25, "block": 0}
+    assert report["astrocytes"]["methods"]["gradcam"]["ratio_to_method"] > 0
+    assert "gradcam (astrocytes)" in capsys.readouterr().out
+    assert main(["--model", "demo-shapes-vit", "--batch-size", "2", "--methods", "gae", "--astrocytes", "beta=2"]) == 2
+    assert "beta" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "demo-shapes-vit", "--batch-size", "2", "--astrocytes", "gamma=1"])
+    assert "k, tau, phi, alpha, beta, block" in capsys.readouterr().err

@@ -14,6 +14,7 @@ A benchmark, not a timed test: numbers depend on the machine and on what else it
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -92,8 +93,13 @@ def benchmark(
     *,
     repeats: int = 3,
     reference_loops: bool = False,
+    astrocytes: dict | None = None,
 ) -> dict:
     """Images per second of each method and of one plain forward+backward, on `model` and `images`.
+
+    With `astrocytes` (a dict of ``xaikit.astrocytes`` settings, ``{}`` for its defaults), every method is
+    also timed inside ``xaikit.astrocytes(model, **astrocytes)``, reported under ``astrocytes`` with its
+    ``ratio_to_method``: seconds per batch inside the context / seconds per batch of the same method without it.
 
     With `reference_loops`, Smooth and Integrated CDAM (when among `methods`) are also timed as
     the authors' code runs them, one image and one sample at a time
@@ -125,6 +131,13 @@ def benchmark(
     }
     for name in methods:
         calls[f"method:{name}"] = lambda name=name: explain(model, images, name)
+    if astrocytes is not None:
+        from .astrocytes import astrocytes as astrocytic_layer
+
+        astro = astrocytic_layer(model, **astrocytes)  # settings checked before any timing
+        settings = {**vars(astro.settings), "block": astro.block}
+        for name in methods:
+            calls[f"astro:{name}"] = lambda name=name: _inside(astrocytic_layer(model, **astrocytes), explain, model, images, name)
     loops = [name for name in ("smooth_cdam", "integrated_cdam") if reference_loops and name in methods]
     for name in loops:
         from .methods.cdam import per_sample_cdam
@@ -137,7 +150,7 @@ def benchmark(
             try:
                 call()
             except Exception as err:  # noqa: BLE001  (a broken method is reported, not fatal)
-                if not key.startswith(("method:", "loop:")):
+                if not key.startswith(("method:", "loop:", "astro:")):
                     raise
                 errors[key] = _error_text(err)
         for _ in range(repeats):
@@ -147,7 +160,7 @@ def benchmark(
                 try:
                     seconds[key].append(_timed(call, device))
                 except Exception as err:  # noqa: BLE001
-                    if not key.startswith(("method:", "loop:")):
+                    if not key.startswith(("method:", "loop:", "astro:")):
                         raise
                     errors[key] = _error_text(err)
     median = {key: statistics.median(times) for key, times in seconds.items() if times and key not in errors}
@@ -182,7 +195,26 @@ def benchmark(
             "seconds_per_batch": median[key],
             "speedup": median[key] / median[f"method:{name}"],
         }
+    if astrocytes is not None:
+        result["astrocytes"] = {"settings": settings, "methods": {}}
+    for name in methods if astrocytes is not None else ():
+        key = f"astro:{name}"
+        if key in errors or f"method:{name}" in errors:
+            result["astrocytes"]["methods"][name] = {"images_per_s": None, "ratio_to_method": None,
+                                                      "error": errors.get(key) or errors[f"method:{name}"]}
+            continue
+        result["astrocytes"]["methods"][name] = {
+            "images_per_s": batch / median[key],
+            "ratio_to_method": median[key] / median[f"method:{name}"],
+            "ratio_to_fwd_bwd": median[key] / reference,
+            "seconds_per_batch": median[key],
+        }
     return result
+
+
+def _inside(context, call: Callable, *args) -> object:
+    with context:
+        return call(*args)
 
 
 def check_methods(methods: Sequence[str] | str | None) -> list[str]:
@@ -271,6 +303,7 @@ def run_benchmark(
     threads: int | None = None,
     model_kwargs: dict | None = None,
     reference_loops: bool = False,
+    astrocytes: dict | None = None,
 ) -> dict:
     """Load `model_name` (any name ``xaikit.load_model`` accepts), time it, return the JSON report."""
     from . import __version__, load_model
@@ -298,7 +331,8 @@ def run_benchmark(
     batch, described = bench_images(model, model_name, batch_size, images)
     param = next(model.parameters())
     batch = batch.to(device=resolved, dtype=param.dtype)
-    timings = benchmark(model, batch, method_names, repeats=repeats, reference_loops=reference_loops)
+    timings = benchmark(model, batch, method_names, repeats=repeats, reference_loops=reference_loops,
+                        astrocytes=astrocytes)
     return {
         "fwd_bwd_images_per_s": timings.pop("fwd_bwd_images_per_s"),
         "methods": timings.pop("methods"),
@@ -365,7 +399,18 @@ def format_table(report: dict) -> str:
         else:
             lines.append(f"{name + ' (per-sample loop)':<{name_width}}  {entry['images_per_s']:>{speed_width}.1f}  "
                          f"{entry['ratio_to_fwd_bwd']:.2f} (batched is {entry['speedup']:.1f}x faster)")
+    astro = report.get("astrocytes")
+    for name, entry in (astro or {}).get("methods", {}).items():
+        label = f"{name} (astrocytes)"
+        if entry.get("error"):
+            lines.append(f"{label:<{name_width}}  error: {entry['error'].splitlines()[0][:80]}")
+        else:
+            lines.append(f"{label:<{name_width}}  {entry['images_per_s']:>{speed_width}.1f}  "
+                         f"{entry['ratio_to_fwd_bwd']:.2f} ({entry['ratio_to_method']:.2f}x the method's time without)")
     lines += ["", "ratio = seconds per batch of the method / seconds per batch of one forward+backward (input grad)."]
+    if astro:
+        shown = ", ".join(f"{key}={value:g}" for key, value in astro["settings"].items())
+        lines.append(f"(astrocytes): the method inside xaikit.astrocytes(model, {shown}).")
     return "\n".join(lines)
 
 
@@ -380,6 +425,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _astrocyte_settings(text: str) -> dict:
+    """``k=6,tau=3`` -> {"k": 6, "tau": 3} (values read as YAML); the settings themselves are checked by
+    ``xaikit.astrocytes``."""
+    from .astrocytes import astrocytes
+
+    valid = [name for name in inspect.signature(astrocytes).parameters if name != "model"]
+    settings = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        name, equals, value = part.partition("=")
+        if not equals or name.strip() not in valid:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(valid)}; got {part!r}")
+        settings[name.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -414,6 +474,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-loops", action="store_true",
                         help="also time Smooth and Integrated CDAM as the authors' code runs them, one image and one "
                              "sample at a time (n = 50), and report each batched method's speedup over its loop")
+    parser.add_argument("--astrocytes", nargs="?", const={}, default=None, type=_astrocyte_settings, metavar="K=V,...",
+                        help="also time every method inside xaikit.astrocytes(model, ...) (ViTA's astrocytic layer) "
+                             "against the same method without it; settings as k=6,tau=3,phi=-0.5,alpha=1.5,beta=0.05,"
+                             "block=0 (default: those, the paper's)")
     parser.add_argument("--model-kwarg", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a timm.create_model setting for timm models (VALUE read as YAML: 64, true, text); "
                              "repeatable, e.g. --model-kwarg img_size 64 --model-kwarg depth 2")
@@ -428,7 +492,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         report = run_benchmark(
             args.model, args.batch_size, device=args.device, methods=args.methods, repeats=args.repeats,
             pretrained=args.pretrained, images=args.images, threads=args.threads, model_kwargs=model_kwargs,
-            reference_loops=args.reference_loops,
+            reference_loops=args.reference_loops, astrocytes=args.astrocytes,
         )
     except XaikitError as err:
         print(f"xaikit bench: {err}", file=sys.stderr)
