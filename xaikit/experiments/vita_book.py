@@ -392,3 +392,119 @@ def trace_figure(trace, image: int = 0, *, units: int = 48):
     axes[0].set_ylabel("output unit (by class-token output)")
     axes[1].set_yticks([])
     return fit_to_book(fig)
+
+
+def alignment_data(model: torch.nn.Module, data: str, n: int, *, seed: int = 0, root=None) -> AlignmentData:
+    """The page's images: "shapes" (`shapes_alignment_data`, numbers from `seed`) or "clickme"
+    (`clickme_alignment_data`, `root` a folder of shards or None)."""
+    if data == "shapes":
+        return shapes_alignment_data(model, n, seed=seed)
+    if data == "clickme":
+        return clickme_alignment_data(model, n, root=root or None, seed=seed)
+    raise InvalidParameterError(f"data must be 'shapes' (the demo) or 'clickme' (the paper); got {data!r}")
+
+
+def examples_figure(pictures: np.ndarray, human: torch.Tensor, maps: Mapping[str, torch.Tensor],
+                    scores: Mapping[str, np.ndarray], titles: Sequence[str] | None = None, *, overlay: float = 0.6):
+    """The paper's Fig. 3 as this chapter draws it: per image a row, the image, the human map and each map of
+    `maps` (label -> (B, H, W), at the image's resolution) blended over the image, the score of `scores`
+    (label -> (B,), e.g. SSIM) above each map. Maps in [0, 1] (the CAM pictures are min-max scaled)."""
+    import matplotlib.pyplot as plt
+
+    from ..viz import BOOK_WIDTH_IN, FONT_PT, TICK_PT, fit_to_book
+
+    count, labels = len(pictures), list(maps)
+    columns = 2 + len(labels)
+    cell = min(1.3, BOOK_WIDTH_IN / columns)
+    fig, axes = plt.subplots(count, columns, figsize=(cell * columns, (cell + 0.45) * count), layout="constrained", squeeze=False)
+    size = tuple(pictures.shape[1:3])
+    shown_human = upsample(torch.as_tensor(human).float(), size).numpy()
+    for row in range(count):
+        grey = pictures[row].mean(-1)
+        axes[row, 0].imshow(pictures[row])
+        axes[row, 0].set_title(titles[row] if titles is not None else "image", fontsize=TICK_PT)
+        panels = [("human map", shown_human[row], None)] + [
+            (label, upsample(torch.as_tensor(maps[label][row:row + 1]).float(), size)[0].numpy(), scores[label][row]) for label in labels]
+        for column, (label, values, score) in enumerate(panels, start=1):
+            ax = axes[row, column]
+            ax.imshow(grey, cmap="gray")
+            span = float(values.max() - values.min()) or 1.0
+            ax.imshow((values - values.min()) / span, cmap="inferno", vmin=0, vmax=1, alpha=overlay, interpolation="bilinear")
+            heading = label if row == 0 else ""
+            if score is not None:
+                heading = f"{heading}\nSSIM {score:.2f}" if heading else f"SSIM {score:.2f}"
+            ax.set_title(heading, fontsize=TICK_PT if row else FONT_PT - 1)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    return fit_to_book(fig)
+
+
+#: the grids of the pages: the paper's (with alpha = 1.25, 540 settings), the demo's reduced one, the smoke test's
+def book_grid(name: str) -> list[AstrocyteSettings]:
+    """"paper": `vita.vita_grid()` (540); "demo": k in {4, 6, 8}, tau in {1, 3}, phi in {-0.5, 0, 0.5}, alpha in
+    {1.05, 1.5}, beta in {0.005, 0.25} (72, every axis's extremes and the middle k and phi); "smoke": 2."""
+    from .vita import vita_grid
+
+    grids = {
+        "paper": {},
+        "demo": dict(k=[4, 6, 8], tau=[1, 3], phi=[-0.5, 0.0, 0.5], alpha=[1.05, 1.5], beta=[0.005, 0.25]),
+        "smoke": dict(k=[4], tau=[1, 3], phi=[0.0], alpha=[1.5], beta=[0.05]),
+    }
+    if name not in grids:
+        raise InvalidParameterError(f"grid must be one of {', '.join(grids)}; got {name!r}")
+    return vita_grid(**grids[name])
+
+
+def _interval(verdict) -> str:
+    from ..stats import format_interval
+    from ..verdicts import interval_digits
+
+    return format_interval(verdict.difference, verdict.difference_low, verdict.difference_high,
+                           max(2, interval_digits((verdict.difference_low, verdict.difference_high))))
+
+
+def selection_reason(found: Mapping[str, Mapping], keys: Sequence[str]) -> str:
+    """The tested reason of a Table 1 verdict that does not hold, built from `selection_test`'s verdicts `found`
+    for the (cam/metric) `keys` whose held-out gain does not hold."""
+    from ..report import HOLDS
+
+    if not keys:
+        raise InvalidParameterError("selection_reason needs the keys whose held-out gain does not hold")
+    listed = "; ".join(f"{label_of(*key.split('/'))}: {_interval(found[key]['held-out'])} held out, "
+                       f"{_interval(found[key]['in-sample'])} selected on the scored images" for key in keys)
+    inflated = [key for key in keys if found[key]["in-sample"].verdict == HOLDS]
+    if len(inflated) == len(keys):
+        conclusion = ("selected on the images it is scored on, as the paper did, each of these would count as a gain, so "
+                      "the selection, not the astrocytes, makes it")
+    elif inflated:
+        conclusion = (f"selected on the scored images, {len(inflated)} of them would count as a gain, so the selection "
+                      "explains those; for the others the reason is unknown")
+    else:
+        conclusion = ("even selected on the scored images these gains do not hold, so the selection does not explain "
+                      "them; the reason is unknown")
+    return ("Tested whether choosing the setting on the images it is scored on (the paper's way) makes the gain: the best "
+            "setting chosen on one half of the images and scored on the other, against the best chosen on that other half "
+            f"itself; gains over the plain ViT — {listed}: {conclusion}.")
+
+
+def own_settings_reason(paper_parts: Mapping, own_parts: Mapping, keys: Sequence[str]) -> str:
+    """The tested reason of a Table 2 verdict that does not hold: on the held-out half, the paper's Table 1
+    settings against the demo's own best settings (selected on the other half), for the failing `keys`."""
+    from ..report import HOLDS
+
+    listed = "; ".join(f"{label_of(*key.split('/'))}: the paper's setting {_interval(paper_parts[key])}, the demo's own "
+                       f"{_interval(own_parts[key])}" for key in keys)
+    rescued = [key for key in keys if own_parts[key].verdict == HOLDS]
+    if len(rescued) == len(keys):
+        conclusion = ("with settings selected on the demo's own images every one of these gains holds, so the paper's "
+                      "settings, tuned on ViT-B and ClickMe, do not carry over to this model")
+    elif rescued:
+        conclusion = (f"settings selected on the demo's own images make {len(rescued)} of them hold, so for those the "
+                      "paper's settings do not carry over; for the others the reason is unknown")
+    else:
+        conclusion = ("settings selected on the demo's own images do not make them hold either, so the choice of setting "
+                      "does not explain it; the reason is unknown")
+    return ("Tested whether the paper's settings, tuned for ViT-B on ClickMe, suit the demo's model: on a held-out half of "
+            f"the images, the gain over the plain ViT — {listed}: {conclusion}.")
