@@ -465,6 +465,14 @@ def _interval(verdict) -> str:
                            max(2, interval_digits((verdict.difference_low, verdict.difference_high))))
 
 
+def _conclusion(explained: int, total: int, every: str, some: str, none: str) -> str:
+    """A tested reason's conclusion: `every` when the test explains all `total` failing rows, `some` (its
+    ``{count}`` filled in) when it explains part of them, `none` when it explains none."""
+    if explained == total:
+        return every
+    return some.format(count=explained) if explained else none
+
+
 def selection_reason(found: Mapping[str, Mapping], keys: Sequence[str]) -> str:
     """The tested reason of a Table 1 verdict that does not hold, built from `selection_test`'s verdicts `found`
     for the (cam/metric) `keys` whose held-out gain does not hold."""
@@ -474,16 +482,15 @@ def selection_reason(found: Mapping[str, Mapping], keys: Sequence[str]) -> str:
         raise InvalidParameterError("selection_reason needs the keys whose held-out gain does not hold")
     listed = "; ".join(f"{label_of(*key.split('/'))}: {_interval(found[key]['held-out'])} held out, "
                        f"{_interval(found[key]['in-sample'])} selected on the scored images" for key in keys)
-    inflated = [key for key in keys if found[key]["in-sample"].verdict == HOLDS]
-    if len(inflated) == len(keys):
-        conclusion = ("selected on the images it is scored on, as the paper did, each of these would count as a gain, so "
-                      "the selection, not the astrocytes, makes it")
-    elif inflated:
-        conclusion = (f"selected on the scored images, {len(inflated)} of them would count as a gain, so the selection "
-                      "explains those; for the others the reason is unknown")
-    else:
-        conclusion = ("even selected on the scored images these gains do not hold, so the selection does not explain "
-                      "them; the reason is unknown")
+    inflated = sum(found[key]["in-sample"].verdict == HOLDS for key in keys)
+    conclusion = _conclusion(
+        inflated, len(keys),
+        "selected on the images it is scored on, as the paper did, each of these would count as a gain, so the selection, "
+        "not the astrocytes, makes it",
+        "selected on the scored images, {count} of them would count as a gain, so the selection explains those; for the "
+        "others the reason is unknown",
+        "even selected on the scored images these gains do not hold, so the selection does not explain them; the reason "
+        "is unknown")
     return ("Tested whether choosing the setting on the images it is scored on (the paper's way) makes the gain: the best "
             "setting chosen on one half of the images and scored on the other, against the best chosen on that other half "
             f"itself; gains over the plain ViT — {listed}: {conclusion}.")
@@ -494,17 +501,18 @@ def own_settings_reason(paper_parts: Mapping, own_parts: Mapping, keys: Sequence
     settings against the demo's own best settings (selected on the other half), for the failing `keys`."""
     from ..report import HOLDS
 
+    if not keys:
+        raise InvalidParameterError("own_settings_reason needs the keys whose gain does not hold")
     listed = "; ".join(f"{label_of(*key.split('/'))}: the paper's setting {_interval(paper_parts[key])}, the demo's own "
                        f"{_interval(own_parts[key])}" for key in keys)
-    rescued = [key for key in keys if own_parts[key].verdict == HOLDS]
-    if len(rescued) == len(keys):
-        conclusion = ("with settings selected on the demo's own images every one of these gains holds, so the paper's "
-                      "settings, tuned on ViT-B and ClickMe, do not carry over to this model")
-    elif rescued:
-        conclusion = (f"settings selected on the demo's own images make {len(rescued)} of them hold, so for those the "
-                      "paper's settings do not carry over; for the others the reason is unknown")
-    else:
-        conclusion = ("settings selected on the demo's own images do not make them hold either, so the choice of setting "
-                      "does not explain it; the reason is unknown")
+    rescued = sum(own_parts[key].verdict == HOLDS for key in keys)
+    conclusion = _conclusion(
+        rescued, len(keys),
+        "with settings selected on the demo's own images every one of these gains holds, so the paper's settings, tuned "
+        "on ViT-B and ClickMe, do not carry over to this model",
+        "settings selected on the demo's own images make {count} of them hold, so for those the paper's settings do not "
+        "carry over; for the others the reason is unknown",
+        "settings selected on the demo's own images do not make them hold either, so the choice of setting does not "
+        "explain it; the reason is unknown")
     return ("Tested whether the paper's settings, tuned for ViT-B on ClickMe, suit the demo's model: on a held-out half of "
             f"the images, the gain over the plain ViT — {listed}: {conclusion}.")
