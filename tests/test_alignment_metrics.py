@@ -136,7 +136,8 @@ def test_ssim_equals_skimage_on_min_max_normalised_maps(make):
     maps, human = make(seed=13)
     maps = maps * 3 - 1  # not in [0, 1]: the metric normalises
     expected = [
-        structural_similarity(_normalised(m), _normalised(h), data_range=1.0) for m, h in zip(maps.numpy(), human.numpy())
+        structural_similarity(_normalised(m), _normalised(h), data_range=1.0)
+        for m, h in zip(maps.numpy(), human.numpy())
     ]
     ours = ssim(maps, human)
     assert ours.dtype == torch.float64

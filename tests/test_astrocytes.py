@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import xaikit
-from xaikit.astrocytes import AstrocyteSettings, astrocytic_linear, check_settings
+from xaikit.astrocytes import AstrocyteSettings, AstrocyteWarning, astrocytic_linear, check_settings
 from xaikit.bench import benchmark
 from xaikit.errors import InvalidParameterError
 
@@ -235,12 +236,29 @@ def test_every_registered_method_runs_inside_the_context(method):
     model = tiny_vit()
     images = images_for(model, n=2)
     state = model_state(model)
+    reads_weights = xaikit.get_method(method).reads_layer_weights
     with xaikit.astrocytes(model, k=6, tau=1, phi=0.0, alpha=1.5, beta=0.05) as astro:
-        maps = xaikit.explain(model, images, method)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            maps = xaikit.explain(model, images, method)
     assert maps.shape[0] == 2 and torch.isfinite(maps).all()
+    # a method whose relevance reads the layer's weights itself says that it does not follow the modulation
+    said = [w for w in caught if issubclass(w.category, AstrocyteWarning)]
+    assert bool(said) == reads_weights, [str(w.message) for w in said]
+    if said:
+        assert "blocks[0].attn.proj" in str(said[0].message)
     if not xaikit.get_method(method).floor:
         assert astro.trace is not None  # the method's forward pass went through the astrocytic layer
     assert model_state(model) == state
+
+
+def test_methods_that_read_layer_weights_are_the_relevance_rules_and_tokentm():
+    readers = {name for name in xaikit.list_methods() if xaikit.get_method(name).reads_layer_weights}
+    assert readers == {"lrp", "partial_lrp", "transformer_attribution", "conservative_lrp", "attnlrp", "tokentm"}
+    model = tiny_vit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstrocyteWarning)
+        xaikit.explain(model, images_for(model, n=1), "lrp")  # outside the context: no warning
 
 
 def test_bench_times_a_method_inside_the_astrocytes_against_the_same_method():

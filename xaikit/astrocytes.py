@@ -42,10 +42,22 @@ from torch import nn
 from .errors import InvalidParameterError
 from .introspection import check_vit
 
-__all__ = ["AstrocyteSettings", "AstrocyteTrace", "Astrocytes", "astrocytes", "astrocytic_linear", "check_settings"]
+__all__ = ["AstrocyteSettings", "AstrocyteTrace", "AstrocyteWarning", "Astrocytes", "astrocytes", "astrocytic_linear",
+           "check_settings", "wrapped_blocks"]
 
 #: the `proj` layers currently wrapped (a second wrapping would modulate twice)
 _WRAPPED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+class AstrocyteWarning(UserWarning):
+    """A method explains a model inside `astrocytes` but reads a wrapped layer's weights itself, so its relevance
+    through that layer does not follow the astrocytic modulation."""
+
+
+def wrapped_blocks(model: nn.Module) -> list[int]:
+    """The blocks of `model` whose ``attn.proj`` is inside an `astrocytes` context now."""
+    return [index for index, block in enumerate(getattr(model, "blocks", ()))
+            if getattr(getattr(block, "attn", None), "proj", None) in _WRAPPED]
 
 
 @dataclass(frozen=True)

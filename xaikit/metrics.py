@@ -297,11 +297,20 @@ def _alignment_inputs(maps, human) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _average_ranks(rows: torch.Tensor) -> torch.Tensor:
-    """1-based ranks along the last axis, ties given the average of their ranks (scipy's ``rankdata``), float64."""
-    ordered = rows.sort(dim=-1).values
-    below = torch.searchsorted(ordered, rows, right=False)  # values strictly smaller
-    up_to = torch.searchsorted(ordered, rows, right=True)  # values smaller or equal
-    return (below + up_to + 1).to(torch.float64) / 2
+    """1-based ranks along the last axis of (B, N), ties given the average of their ranks (scipy's
+    ``rankdata``), float64: one sort, then each run of equal sorted values gets the mean of its first and
+    last position."""
+    ordered, order = rows.sort(dim=-1)
+    count = rows.shape[-1]
+    position = torch.arange(count, device=rows.device).expand_as(ordered)
+    starts_run = torch.ones_like(ordered, dtype=torch.bool)
+    starts_run[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends_run = torch.ones_like(starts_run)
+    ends_run[:, :-1] = starts_run[:, 1:]
+    run_start = torch.where(starts_run, position, torch.zeros_like(position)).cummax(-1).values
+    run_end = torch.where(ends_run, position, torch.full_like(position, count)).flip(-1).cummin(-1).values.flip(-1)
+    average = (run_start + run_end + 2).to(torch.float64) / 2
+    return torch.empty_like(average).scatter_(-1, order, average)
 
 
 def constant_maps(maps, human) -> torch.Tensor:
@@ -389,7 +398,9 @@ def dice(maps, human, top: float = 0.1) -> torch.Tensor:
     Dice 0 (as in Harmonization).
     """
     if isinstance(top, bool) or not isinstance(top, (int, float, np.integer, np.floating)) or not 0 < top < 1:
-        raise InvalidParameterError(f"top must be the share of pixels kept, in (0, 1), e.g. 0.1 for the top 10%; got {top!r}")
+        raise InvalidParameterError(
+            f"top must be the share of pixels kept, in (0, 1), e.g. 0.1 for the top 10%; got {top!r}"
+        )
     maps, human = _alignment_inputs(maps, human)
     if maps.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64, device=maps.device)

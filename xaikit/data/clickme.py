@@ -54,6 +54,7 @@ from xaikit.data.manifests import (
     cached_path,
     check_recorded_hash,
     fetch,
+    hash_record_path,
     load_manifest,
 )
 from xaikit.errors import DataIntegrityError, DataUnavailableError, InvalidParameterError
@@ -334,7 +335,9 @@ def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Each record of the TFRecord file `path` as {feature name: value} (see :func:`decode_example`).
 
     Every CRC is checked; a corrupt, cut or undecodable record raises
-    :class:`~xaikit.errors.DataIntegrityError` naming the file and the record index.
+    :class:`~xaikit.errors.DataIntegrityError` naming the file and the record index. (A file cut
+    exactly between two records is well-formed TFRecord and cannot be told from a shorter one;
+    for the ClickMe shards the sha256 recorded at first use catches it.)
     """
     path = Path(path)
     offset = 0
@@ -546,19 +549,19 @@ def clickme_val_files(
     if folder is not None and not folder.is_dir():
         raise DataUnavailableError(f"The ClickMe folder {folder} ({origin}) is not a folder; give the folder that "
                                    f"holds the validation shards val-0.tfrecords ... val-16.tfrecords.")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    records = [hash_record_path(_shard_manifest(shard)) for shard in chosen]
+    recorded_before = [record.is_file() for record in records]
+    with warnings.catch_warnings():
+        # One warning below for all the shards recorded now, not one per shard.
+        warnings.filterwarnings("ignore", message=".*could not be checked against a published hash")
         files = [_shard_file(shard, folder, origin, download, verify, downloader) for shard in chosen]
-    first_use = [w for w in caught if "trust on first use" in str(w.message)]
-    for other in caught:
-        if other not in first_use:
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
-    if first_use:
+    newly = [shard for shard, record, before in zip(chosen, records, recorded_before) if not before and record.is_file()]
+    if newly:
         warnings.warn(
-            f"{len(first_use)} ClickMe shard(s) could not be checked against a published hash (the Serre lab "
-            f"publishes none): their sha256 and size are now recorded in xaikit's cache, and later loads must match "
-            f"them (trust on first use). If a copy may be incomplete or altered, delete it and its .sha256.json "
-            f"record, and download it again.",
+            f"ClickMe validation shard(s) {', '.join(map(str, newly))} could not be checked against a published hash "
+            f"(the Serre lab publishes none): the sha256 and size of these copies are now recorded next to xaikit's "
+            f"cache (e.g. {records[chosen.index(newly[0])]}), and later loads must match them (trust on first use). "
+            f"If a copy may be incomplete or altered, delete it and its record, and get it again.",
             UserWarning,
             stacklevel=2,
         )

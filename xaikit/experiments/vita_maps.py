@@ -163,7 +163,8 @@ def cam_pictures_from(
     library's.
     """
     grid = _check_grid(grid)
-    if isinstance(activations, torch.Tensor) and isinstance(gradients, torch.Tensor) and activations.shape != gradients.shape:
+    both_tensors = isinstance(activations, torch.Tensor) and isinstance(gradients, torch.Tensor)
+    if both_tensors and activations.shape != gradients.shape:
         raise InvalidParameterError(
             f"activations {tuple(activations.shape)} and gradients {tuple(gradients.shape)} differ: give the "
             "layer's output and its gradient, of the same shape"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from types import MappingProxyType
@@ -109,6 +110,9 @@ class Explainer:
     #: the method propagates relevance, which half precision ruins: float16/bfloat16 models run with
     #: float32 weights (`float32_weights`) and give float32 maps
     relevance_in_float32: ClassVar[bool] = False
+    #: the method reads the weights of the blocks' linear layers itself (relevance rules, TokenTM's transformation):
+    #: a forward hook that changes a layer's output (`xaikit.astrocytes`) is not seen there
+    reads_layer_weights: ClassVar[bool] = False
     #: a call is running (`_prepared_call` prepares the outermost level only)
     _in_call: bool = False
 
@@ -155,6 +159,19 @@ class Explainer:
         """Maps, float32, on the model's device: (B, gh, gw) per token, or (B, H, W) for pixel methods."""
         return self.attribute(images, targets).float()
 
+    def _warn_of_astrocytes(self) -> None:
+        if not self.reads_layer_weights:
+            return
+        from ..astrocytes import AstrocyteWarning, wrapped_blocks
+
+        blocks = wrapped_blocks(self.model)
+        if blocks:
+            warnings.warn(AstrocyteWarning(
+                f"method {self.name!r} reads the linear layers' weights itself, so its relevance through "
+                f"blocks[{blocks[0]}].attn.proj follows the plain layer, not the astrocytic modulation (the forward pass "
+                "and the gradients do follow it); compare it with and without astrocytes knowing that, or use a "
+                "gradient method (gradcam, gradcam_pp, cdam, input_gradients)"), stacklevel=4)
+
     def attribute(self, images: torch.Tensor, targets: Target = None) -> torch.Tensor:
         """Like ``__call__`` but in the model's own dtype (float64 models give float64 maps; a method that
         propagates relevance gives float32 maps of a float16/bfloat16 model, see `float32_weights`).
@@ -165,6 +182,7 @@ class Explainer:
         """
         images = self._check_images(images)
         check_targets(targets, images.shape[0])
+        self._warn_of_astrocytes()
         needs_backward = self.class_specific and bool(self.grads)
         if needs_backward:
             refuse_inference_mode(self.name)

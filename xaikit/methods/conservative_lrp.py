@@ -27,6 +27,8 @@ class BlockInputRelevance(Explainer):
     unnormalised, patch tokens only. One forward and one gradient pass per batch.
     """
 
+    reads_layer_weights = True
+
     signed = True
     needs_class_token = False
     records = ("input",)

@@ -27,6 +27,8 @@ class CheferRelevance(Explainer):
     callable gives the gradient of its score with respect to the logits.
     """
 
+    reads_layer_weights = True
+
     accepts_feature_targets = False  # the rules start at the linear classifier head
     relevance_in_float32 = True
 

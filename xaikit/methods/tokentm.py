@@ -92,6 +92,8 @@ class TokenTM(Explainer):
     ``LayerScale``: DeiT (distillation token), DINOv2 (registers) and the demo models are.
     """
 
+    reads_layer_weights = True
+
     name = "tokentm"
     title = "TokenTM"
     paper = "wu2024tokentm"
