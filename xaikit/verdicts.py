@@ -438,8 +438,9 @@ def combined_verdict(parts: Mapping[str, Verdict]) -> Verdict:
     return Verdict(verdict=verdict, evidence=evidence, headline=_combined_headline(parts), parts=tuple(parts.items()))
 
 
-def _combined_headline(parts: Mapping[str, Verdict]) -> str:
-    """"2 of 3 parts do not hold (pixel accuracy: ...; mAP: ...)": the parts that decide, each by its headline."""
+def _combined_headline(parts: Mapping[str, Verdict], named: int = 4) -> str:
+    """"2 of 3 parts do not hold (pixel accuracy, mAP); pixel accuracy: <its headline>": the count, the deciding
+    parts by name (at most `named`, then how many more), and the first one's headline."""
     failing = [name for name, part in parts.items() if part.verdict == DOES_NOT_HOLD]
     tested = [name for name, part in parts.items() if part.verdict != UNTESTABLE]
     if failing:
@@ -448,5 +449,6 @@ def _combined_headline(parts: Mapping[str, Verdict]) -> str:
         shown, count = tested, f"holds on {len(tested)} of {len(parts)} parts"
     else:
         shown, count = list(parts), f"none of the {len(parts)} parts can be tested on the demo"
-    listed = "; ".join(f"{name}: {(parts[name].headline or parts[name].evidence).rstrip('.')}" for name in shown)
-    return f"{count} ({listed})."
+    names = ", ".join(shown[:named]) + (f" and {len(shown) - named} more" if len(shown) > named else "")
+    first = parts[shown[0]]
+    return f"{count} ({names}); {shown[0]}: {(first.headline or first.evidence).rstrip('.')}."
