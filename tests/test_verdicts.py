@@ -259,11 +259,12 @@ def test_headlines_are_the_outcome_and_the_deciding_number():
     reason = untestable("no CIFAR-100 model here")
     assert reason.headline == reason.evidence
     combined = combined_verdict({"neg": best, "pos": change, "CIFAR-100": reason})
-    assert combined.headline == f"1 of 3 parts does not hold (neg); neg: {best.headline.rstrip('.')}."
+    assert combined.headline == f"1 of 3 parts does not hold (neg). First, neg: {best.headline.rstrip('.')}."
     assert combined_verdict({"pos": change, "CIFAR-100": reason}).headline == (
-        f"holds on 1 of 2 parts (pos); pos: {change.headline.rstrip('.')}.")
-    many = combined_verdict({f"part {i}": best for i in range(6)})
-    assert many.headline.startswith("6 of 6 parts do not hold (part 0, part 1, part 2, part 3 and 2 more); part 0: ")
+        f"holds on 1 of 2 parts (pos). First, pos: {change.headline.rstrip('.')}.")
+    many = combined_verdict({f"part {i}, AUC": best for i in range(6)})
+    assert many.headline.startswith(
+        "6 of 6 parts do not hold (part 0, AUC; part 1, AUC; part 2, AUC; part 3, AUC; and 2 more). First, part 0, AUC: ")
 
 
 def test_verdict_save_passes_the_headline_and_the_reason(run_dir):

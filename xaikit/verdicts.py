@@ -439,8 +439,9 @@ def combined_verdict(parts: Mapping[str, Verdict]) -> Verdict:
 
 
 def _combined_headline(parts: Mapping[str, Verdict], named: int = 4) -> str:
-    """"2 of 3 parts do not hold (pixel accuracy, mAP); pixel accuracy: <its headline>": the count, the deciding
-    parts by name (at most `named`, then how many more), and the first one's headline."""
+    """"2 of 3 parts do not hold (pixel accuracy; mAP). First, pixel accuracy: <its headline>": the count, the
+    deciding parts by name (at most `named`, then how many more; part names may hold commas), the first one's
+    headline."""
     failing = [name for name, part in parts.items() if part.verdict == DOES_NOT_HOLD]
     tested = [name for name, part in parts.items() if part.verdict != UNTESTABLE]
     if failing:
@@ -449,6 +450,6 @@ def _combined_headline(parts: Mapping[str, Verdict], named: int = 4) -> str:
         shown, count = tested, f"holds on {len(tested)} of {len(parts)} parts"
     else:
         shown, count = list(parts), f"none of the {len(parts)} parts can be tested on the demo"
-    names = ", ".join(shown[:named]) + (f" and {len(shown) - named} more" if len(shown) > named else "")
+    names = "; ".join(shown[:named]) + (f"; and {len(shown) - named} more" if len(shown) > named else "")
     first = parts[shown[0]]
-    return f"{count} ({names}); {shown[0]}: {(first.headline or first.evidence).rstrip('.')}."
+    return f"{count} ({names}). First, {shown[0]}: {(first.headline or first.evidence).rstrip('.')}."
