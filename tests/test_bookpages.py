@@ -239,7 +239,7 @@ def test_the_glance_list_gives_claim_verdict_headline_and_the_tested_reason(book
     })
     write_generated_pages(source, notebooks=notebooks)
     glance = (source / "_generated" / "glance-tokentm.md").read_text().split("\n\n")
-    assert glance[0] == ("**The paper's Fig. 1** ({doc}`tokentm/01_maps </tokentm/01_maps>`). *The paper claims:* TokenTM's "
+    assert glance[0] == ("**The paper's Fig. 1** (page: {doc}`/tokentm/01_maps`). *The paper claims:* TokenTM's "
                          "maps are focused. *The demo:* **holds**. TokenTM ahead by 1.3 [0.6, 1.9].")
     assert glance[1].endswith("*The demo:* **does not hold**. Rollout is better. *Why:* On the correctly classified images "
                               "alone Rollout is still better.")

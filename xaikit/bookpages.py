@@ -285,7 +285,8 @@ def glance_list(items: list[Item], source: Path, verdicts: dict, profile: str = 
         if item.claim is None:
             continue
         entry = verdicts.get((profile, item.notebook, item.item))
-        where = f" ({_notebook_cell(item.notebook, source)})" if item.notebook else ""
+        page = _notebook_cell(item.notebook, source) if item.notebook else ""
+        where = f" (page: {{doc}}`/{item.notebook}`)" if page.startswith("{doc}") else ""  # the page's title as the link
         text = f"**{_paper_item(item.item)}**{where}. *The paper claims:* {' '.join(item.claim.split())}"
         if entry is None:
             text += f" *The demo:* {NOT_RUN_YET}."
