@@ -260,7 +260,7 @@ def status_table(items: list[Item], records: dict[str, dict], source: Path, note
     return _table(header, rows)
 
 
-UNKNOWN_REASON = "unknown: no experiment on the demo explains it."
+UNKNOWN_REASON = "unknown: no experiment on the demo explains it."  # capitalised where printed
 
 
 def _paper_item(name: str) -> str:
@@ -292,9 +292,10 @@ def glance_list(items: list[Item], source: Path, verdicts: dict, profile: str = 
             text += f" *The demo:* {NOT_RUN_YET}."
         else:
             shown = entry.get("headline") or entry["evidence"]
-            text += f" *The demo:* **{entry['verdict']}**. {shown}"
+            text += f" *The demo:* **{entry['verdict']}**. {shown[:1].upper()}{shown[1:]}"
             if entry["verdict"] == DOES_NOT_HOLD:
-                text += f" *Why:* {entry.get('reason') or UNKNOWN_REASON}"
+                reason = entry.get("reason") or UNKNOWN_REASON
+                text += f" *Why:* {reason[:1].upper()}{reason[1:]}"
         paragraphs.append(text)
     return "\n\n".join(paragraphs) + "\n" if paragraphs else "No claims of this chapter are listed yet.\n"
 
