@@ -55,7 +55,9 @@ GENERATED = "_generated"
 RUN_DIR = "_run"
 NOT_YET, DEMO_DONE, PAPER_DONE = "not yet", "demo done", "paper done"
 STATUSES = (NOT_YET, DEMO_DONE, PAPER_DONE)
-VERSION_KEYS = ("python", "torch", "timm", "grad-cam", "xaikit")
+# the software whose version can change a number in the book (numpy, scipy, scikit-image and OpenCV compute the
+# scores and resize the CAM pictures)
+VERSION_KEYS = ("python", "torch", "timm", "grad-cam", "numpy", "scipy", "scikit-image", "opencv-python-headless", "xaikit")
 NOT_RUN_YET = "not run yet"  # the verdict cell of a claim no successful run has judged
 # The profiles whose verdicts the tables show, one column each; the paper's only where a paper run recorded one.
 VERDICT_COLUMNS = {"demo": "Demo verdict", "paper": "Paper-profile verdict"}
