@@ -211,3 +211,47 @@ def test_the_figures_fit_the_book():
         with torch.no_grad():
             model(data.images)
     assert figure_problems(vb.trace_figure(layer.trace, 1)) == []
+
+
+def test_an_unpaired_test_on_the_papers_summaries_by_hand():
+    approx = vb.paper_unpaired_p()
+    row = approx.loc[("gradcam", "spearman")]
+    z = (0.378 - 0.370) / math.sqrt((0.233**2 + 0.231**2) / 2982)  # = 1.33
+    assert math.isclose(row["z"], z) and math.isclose(row["approximate p"], scipy_stats.norm.sf(z))
+    assert 0.05 < row["approximate p"] < 0.1 and row["paper p"] == 1.9e-8
+
+
+def test_the_demo_grid_lacks_values_of_four_of_the_papers_best_settings():
+    missing, unreachable = vb.missing_from_grid(vb.book_grid("demo"))
+    assert missing == {"phi": [0.2], "alpha": [1.25], "beta": [0.05]} and unreachable == 4
+    assert vb.missing_from_grid(vb.book_grid("paper")) == ({}, 0)
+
+
+def test_undefined_counts_count_the_nan_scores_per_setting():
+    scores = _scores({None: [0, np.nan, 1], 4: [np.nan, np.nan, 1], 6: [1, 2, 3]})
+    assert vb.undefined_counts(scores, "gradcam/ssim").tolist() == [1, 2, 0]
+
+
+def test_the_selection_explains_a_gain_only_where_the_inflation_is_beyond_the_noise():
+    from xaikit.verdicts import Verdict
+
+    def part(verdict):
+        return Verdict(verdict=verdict, evidence="")
+
+    found = {"gradcam/ssim": {"held-out": part("does not hold"), "in-sample": part("holds"), "inflation": part("holds")},
+             "gradcam/dice": {"held-out": part("does not hold"), "in-sample": part("holds"), "inflation": part("does not hold")}}
+    keys = list(found)
+    text = vb.selection_reason(found, keys, numbers=False)
+    assert "2 of the 2 would count as a gain" in text and "for 1 the inflation itself is beyond the noise" in text
+    assert "for 1 the inflation is within the noise, so the selection may explain" in text and "unknown" not in text
+    only_within = vb.selection_reason({"gradcam/dice": found["gradcam/dice"]}, ["gradcam/dice"], numbers=False)
+    assert "may explain" in only_within and "explains" not in only_within
+
+
+def test_one_shape_is_described_in_the_singular():
+    import xaikit
+
+    model = xaikit.load_model("demo-shapes-vit")
+    data = vb.shapes_alignment_data(model, 1, seed=20_000)
+    assert data.described == "1 held-out synthetic shape (number 20000)"
+    assert data.subset([0]).described == data.described

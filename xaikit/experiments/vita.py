@@ -27,6 +27,7 @@ import itertools
 import json
 import time
 import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -225,10 +226,12 @@ def _config_scores(model: nn.Module, prefix: ProjInputs, human: torch.Tensor, ta
         )
         pictures = vita_maps.cam_pictures_from(activations, gradients, prefix.grid, size)
         reference = human[chunk].to(param.device)
-        for cam in cams:
-            for metric in metrics:
-                values = getattr(alignment, metric)(pictures[cam].float(), reference.float())
-                parts[f"{cam}/{metric}"].append(values.detach().double().cpu().numpy())
+        with warnings.catch_warnings():  # a constant map's NaN Spearman is kept in the file; `vita_book.undefined_counts` counts them
+            warnings.simplefilter("ignore", alignment.ConstantMapWarning)
+            for cam in cams:
+                for metric in metrics:
+                    values = getattr(alignment, metric)(pictures[cam].float(), reference.float())
+                    parts[f"{cam}/{metric}"].append(values.detach().double().cpu().numpy())
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 

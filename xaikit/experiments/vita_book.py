@@ -51,6 +51,35 @@ def paper_table2() -> pd.DataFrame:
     return pd.DataFrame(_PAPER_TABLE2, columns=columns).set_index(["cam", "metric"])
 
 
+def paper_unpaired_p() -> pd.DataFrame:
+    """What an unpaired two-sample test gives on the paper's own Table 2 summaries: per (cam, metric), the normal
+    approximation z = (ViTA mean - ViT mean) / sqrt(SD_ViT^2 / n + SD_ViTA^2 / n) with n = 2,982 images per group,
+    its one-tailed p (an approximation of the rank-sum test from means and SDs), beside the paper's p."""
+    from scipy.stats import norm
+
+    table = paper_table2()
+    z = (table["ViTA mean"] - table["ViT mean"]) / np.sqrt((table["ViT SD"] ** 2 + table["ViTA SD"] ** 2) / PAPER_IMAGES)
+    return pd.DataFrame({"z": z, "approximate p": norm.sf(z), "paper p": table["rank-sum p"]})
+
+
+def missing_from_grid(configs: Sequence[AstrocyteSettings]) -> tuple[dict[str, list[float]], int]:
+    """The paper's Table 1 values that `configs` lack ({setting name: values}) and how many of its best
+    settings (`vita.paper_table1` rows) `configs` therefore cannot choose."""
+    from .vita import paper_table1
+
+    table = paper_table1()
+    present = {name: {float(getattr(c, name)) for c in configs} for name in SETTING_NAMES}
+    missing = {name: sorted({float(v) for v in table[name]} - present[name]) for name in SETTING_NAMES}
+    unreachable = sum(any(float(row[name]) not in present[name] for name in SETTING_NAMES) for _, row in table.iterrows())
+    return {name: values for name, values in missing.items() if values}, unreachable
+
+
+def undefined_counts(scores: Mapping, key: str) -> np.ndarray:
+    """Per configuration of `scores` (`vita.load_scores`' {settings: {key: (n,)}}, the baseline None included),
+    how many images have no score for `key` ("cam/metric"; NaN: a constant map's Spearman)."""
+    return np.array([int(np.isnan(per_key[key]).sum()) for per_key in scores.values()])
+
+
 def pretrained_name(name: str) -> str:
     """`name` with the pretrained tag timm resolves it to: "vit_base_patch16_224" -> "...augreg2_in21k_ft_in1k"."""
     import timm
@@ -88,8 +117,9 @@ class AlignmentData:
 
     def subset(self, indices) -> "AlignmentData":
         chosen = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        described = self.described if len(chosen) == len(self) else f"{len(chosen)} of {self.described}"
         return AlignmentData(self.images[chosen], self.pictures[chosen.numpy()], self.human[chosen], self.labels[chosen],
-                             self.class_names, f"{len(chosen)} of {self.described}")
+                             self.class_names, described)
 
 
 def shapes_alignment_data(model: torch.nn.Module, n: int, *, seed: int = 0) -> AlignmentData:
@@ -103,7 +133,8 @@ def shapes_alignment_data(model: torch.nn.Module, n: int, *, seed: int = 0) -> A
     images = preprocess(model, shapes.images)
     return AlignmentData(images, to_display(model, images), torch.as_tensor(blurred_object_maps(shapes.masks)),
                          torch.as_tensor(shapes.labels, dtype=torch.long), list(shapes.class_names),
-                         f"{n} held-out synthetic shapes (numbers {seed} to {seed + n - 1})")
+                         f"{n} held-out synthetic shapes (numbers {seed} to {seed + n - 1})" if n != 1 else
+                         f"1 held-out synthetic shape (number {seed})")
 
 
 def clickme_images(model: torch.nn.Module, pixels: np.ndarray) -> torch.Tensor:
@@ -457,7 +488,8 @@ def book_grid(name: str) -> list[AstrocyteSettings]:
     return vita_grid(**grids[name])
 
 
-def _interval(verdict) -> str:
+def interval_text(verdict) -> str:
+    """A verdict's change with its 95 % interval, with enough digits that each bound's side of 0 shows."""
     from ..stats import format_interval
     from ..verdicts import interval_digits
 
@@ -473,27 +505,38 @@ def _conclusion(explained: int, total: int, every: str, some: str, none: str) ->
     return some.format(count=explained) if explained else none
 
 
-def selection_reason(found: Mapping[str, Mapping], keys: Sequence[str]) -> str:
+def selection_reason(found: Mapping[str, Mapping], keys: Sequence[str], *, numbers: bool = True) -> str:
     """The tested reason of a Table 1 verdict that does not hold, built from `selection_test`'s verdicts `found`
-    for the (cam/metric) `keys` whose held-out gain does not hold."""
+    for the (cam/metric) `keys` whose held-out gain does not hold; `numbers=False` leaves out the intervals
+    (for a page that shows them in a table). The selection "explains" a gain only where the inflation itself
+    is beyond the noise; where only the in-sample gain holds it "may explain" it."""
     from ..report import HOLDS
 
     if not keys:
         raise InvalidParameterError("selection_reason needs the keys whose held-out gain does not hold")
-    listed = "; ".join(f"{label_of(*key.split('/'))}: {_interval(found[key]['held-out'])} held out, "
-                       f"{_interval(found[key]['in-sample'])} selected on the scored images" for key in keys)
-    inflated = sum(found[key]["in-sample"].verdict == HOLDS for key in keys)
-    conclusion = _conclusion(
-        inflated, len(keys),
-        "selected on the images it is scored on, as the paper did, each of these would count as a gain, so the selection, "
-        "not the astrocytes, makes it",
-        "selected on the scored images, {count} of them would count as a gain, so the selection explains those; for the "
-        "others the reason is unknown",
-        "even selected on the scored images these gains do not hold, so the selection does not explain them; the reason "
-        "is unknown")
-    return ("Tested whether choosing the setting on the images it is scored on (the paper's way) makes the gain: the best "
+    listed = "; ".join(f"{label_of(*key.split('/'))}: {interval_text(found[key]['held-out'])} held out, "
+                       f"{interval_text(found[key]['in-sample'])} selected on the scored images" for key in keys)
+    fitted = [key for key in keys if found[key]["in-sample"].verdict == HOLDS]
+    explained = sum(found[key]["inflation"].verdict == HOLDS for key in fitted)
+    if not fitted:
+        conclusion = ("even selected on the scored images these gains do not hold, so the selection does not explain "
+                      "them; the reason is unknown")
+    else:
+        parts = []
+        if explained:
+            parts.append(f"for {explained} the inflation itself is beyond the noise, so the selection, not the "
+                         "astrocytes, explains that gain")
+        if len(fitted) > explained:
+            parts.append(f"for {len(fitted) - explained} the inflation is within the noise, so the selection may explain "
+                         "the gain")
+        conclusion = (f"selected on the images it is scored on, as the paper did, {len(fitted)} of the {len(keys)} would "
+                      "count as a gain; " + "; ".join(parts))
+        if len(fitted) < len(keys):
+            conclusion += "; for the others the reason is unknown"
+    test = ("Tested whether choosing the setting on the images it is scored on (the paper's way) makes the gain: the best "
             "setting chosen on one half of the images and scored on the other, against the best chosen on that other half "
-            f"itself; gains over the plain ViT — {listed}: {conclusion}.")
+            "itself")
+    return f"{test}; gains over the plain ViT — {listed}: {conclusion}." if numbers else f"{test}: {conclusion}."
 
 
 def own_settings_reason(paper_parts: Mapping, own_parts: Mapping, keys: Sequence[str]) -> str:
@@ -503,8 +546,8 @@ def own_settings_reason(paper_parts: Mapping, own_parts: Mapping, keys: Sequence
 
     if not keys:
         raise InvalidParameterError("own_settings_reason needs the keys whose gain does not hold")
-    listed = "; ".join(f"{label_of(*key.split('/'))}: the paper's setting {_interval(paper_parts[key])}, the demo's own "
-                       f"{_interval(own_parts[key])}" for key in keys)
+    listed = "; ".join(f"{label_of(*key.split('/'))}: the paper's setting {interval_text(paper_parts[key])}, the demo's own "
+                       f"{interval_text(own_parts[key])}" for key in keys)
     rescued = sum(own_parts[key].verdict == HOLDS for key in keys)
     conclusion = _conclusion(
         rescued, len(keys),
