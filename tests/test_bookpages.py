@@ -256,7 +256,7 @@ def test_a_verdict_without_a_reason_says_the_reason_is_unknown(book):
         "Fig. 4": {"verdict": "does not hold", "evidence": "GAE is better by 2.0 [1.0, 3.0].", "profile": "demo"}})
     write_generated_pages(source, notebooks=notebooks)
     glance = (source / "_generated" / "glance-tokentm.md").read_text()
-    assert f"**does not hold**. GAE is better by 2.0 [1.0, 3.0]. *Why:* {UNKNOWN_REASON}" in glance
+    assert f"**does not hold**. GAE is better by 2.0 [1.0, 3.0]. *Why:* U{UNKNOWN_REASON[1:]}" in glance
 
 
 def test_save_verdict_records_headline_and_reason_and_refuses_empty_ones(tmp_path, monkeypatch):

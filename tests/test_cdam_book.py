@@ -93,7 +93,7 @@ def test_shown_table_prints_values_and_ranks_with_intervals_beside_the_paper():
     assert list(shown.columns) == ["A_LIF-MIF", "A_LIF-MIF rank", "A_LIF-MIF paper", "A_LIF-MIF paper rank"]
     assert shown.loc["CDAM", "A_LIF-MIF"].count("[") == 1
     assert "–" in shown.loc["CDAM", "A_LIF-MIF rank"]  # CDAM and GradCAM are not ranked apart
-    assert shown.loc["Random", "A_LIF-MIF rank"] == "3"  # always last: no interval
+    assert shown.loc["Random", "A_LIF-MIF rank"] == "3 [3–3]"  # always last: the collapsed interval is shown too
     assert shown.loc["CDAM", "A_LIF-MIF paper"] == "632" and shown.loc["Random", "A_LIF-MIF paper"] == ""
     assert shown.loc["CDAM", "A_LIF-MIF paper rank"] == "2"  # 632 below GradCAM's 643 among the two
 

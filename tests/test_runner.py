@@ -157,7 +157,9 @@ def test_the_run_record_says_how_each_page_was_made(executed):
         assert entry["parameters"] == {"profile": "smoke"}
         assert entry["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", entry["commit"])
         assert entry["dirty"] in (None, True, False) and (entry["dirty"] is None) == (entry["commit"] is None)
-        assert set(entry["versions"]) == {"python", "torch", "timm", "grad-cam", "xaikit"}
+        assert set(entry["versions"]) == {"python", "torch", "timm", "grad-cam", "numpy", "scipy", "scikit-image",
+                                          "opencv-python-headless", "xaikit"}
+        assert entry["versions"]["numpy"] and entry["versions"]["scipy"]
         assert entry["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
         assert re.match(r"(CPU: .+, \d+ threads?|GPU: .+)$", entry["device"])
         assert isinstance(entry["wall_seconds"], float) and entry["wall_seconds"] > 0

@@ -161,10 +161,11 @@ def test_untestable_and_combined_verdicts():
     good = best_method_verdict(fabricated(+3.0), "TokenTM", higher_is_better=True, floors=["Random"])
     bad = best_method_verdict(fabricated(0.0), "TokenTM", higher_is_better=True, floors=["Random"])
     partly = combined_verdict({"CIFAR-10": good, "CIFAR-100": reason})
-    assert partly.verdict == HOLDS and partly.evidence.startswith("Holds on what the demo can test; it cannot test CIFAR-100")
+    assert partly.verdict == HOLDS and partly.evidence.endswith(
+        "The demo cannot test CIFAR-100 (the demo has no CIFAR-100 model; the paper profile tests it).")
     assert "CIFAR-10: TokenTM" in partly.evidence
     failing = combined_verdict({"CIFAR-10 negative": good, "CIFAR-10 positive": bad, "CIFAR-100": reason})
-    assert failing.verdict == DOES_NOT_HOLD and failing.evidence.startswith("1 of 3 parts does not hold. CIFAR-10 positive:")
+    assert failing.verdict == DOES_NOT_HOLD and failing.evidence.startswith("1 of the 2 parts the demo can test does not hold. CIFAR-10 positive:")
     assert combined_verdict({"CIFAR-100": reason}).verdict == UNTESTABLE
     assert [name for name, _ in failing.parts] == ["CIFAR-10 negative", "CIFAR-10 positive", "CIFAR-100"]
     with pytest.raises(InvalidParameterError, match="not Verdicts"):
@@ -249,8 +250,11 @@ def test_verdict_save_records_the_derived_verdict(run_dir):
 def test_headlines_are_the_outcome_and_the_deciding_number():
     best = best_method_verdict(fabricated(-3.0), "TokenTM", higher_is_better=True, floors=["Random"], score="mIoU")
     assert best.headline.startswith("TokenTM ranks 3rd of 4 on mIoU (95 % interval")
-    assert f"TokenTM − GAE {format_interval(best.difference, best.difference_low, best.difference_high, interval_digits((best.difference_low, best.difference_high)))}: GAE is better." \
+    assert f"TokenTM − GAE {format_interval(best.difference, best.difference_low, best.difference_high, interval_digits((best.difference_low, best.difference_high)))}: GAE is better;" \
         in best.headline
+    assert best.headline.endswith(")") is False and "; TokenTM is behind the floor Random (" in best.headline
+    ahead = best_method_verdict(fabricated(+30.0), "TokenTM", higher_is_better=True, floors=["Random"], score="mIoU")
+    assert "floor" not in ahead.headline and "and TokenTM is ahead of it (TokenTM − Random " in ahead.evidence
     scores = fabricated(+3.0)
     change = improvement_verdict(scores["GAE"], scores["TokenTM"], higher_is_better=True, score="mIoU",
                                  before_label="+AF+L", after_label="+AF+L+NECC")
@@ -259,12 +263,16 @@ def test_headlines_are_the_outcome_and_the_deciding_number():
     reason = untestable("no CIFAR-100 model here")
     assert reason.headline == reason.evidence
     combined = combined_verdict({"neg": best, "pos": change, "CIFAR-100": reason})
-    assert combined.headline == f"1 of 3 parts does not hold (neg). First, neg: {best.headline.rstrip('.')}."
+    outcome = best.headline.rstrip(".")
+    assert combined.headline == ("1 of the 2 parts the demo can test does not hold (neg); it holds on pos; 1 cannot be "
+                                 f"tested on the demo (CIFAR-100). First, neg: {outcome}.")
+    # an improvement part is not labelled twice: its before/after labels give way to the part's name
     assert combined_verdict({"pos": change, "CIFAR-100": reason}).headline == (
-        f"holds on 1 of 2 parts (pos). First, pos: {change.headline.rstrip('.')}.")
-    many = combined_verdict({f"part {i}, AUC": best for i in range(6)})
-    assert many.headline.startswith(
-        "6 of 6 parts do not hold (part 0, AUC; part 1, AUC; part 2, AUC; part 3, AUC; and 2 more). First, part 0, AUC: ")
+        "holds on the one part the demo can test (pos); 1 cannot be tested on the demo (CIFAR-100). First, pos: "
+        f"paired change {change.headline.split('paired change ', 1)[1]}")
+    many = combined_verdict({f"part {i}, AUC": best for i in range(8)})
+    assert many.headline.startswith("8 of the 8 parts the demo can test do not hold (part 0, AUC; part 1, AUC; part 2, "
+                                    "AUC; part 3, AUC; part 4, AUC; part 5, AUC; and 2 more). First, part 0, AUC: ")
 
 
 def test_verdict_save_passes_the_headline_and_the_reason(run_dir):

@@ -55,7 +55,9 @@ GENERATED = "_generated"
 RUN_DIR = "_run"
 NOT_YET, DEMO_DONE, PAPER_DONE = "not yet", "demo done", "paper done"
 STATUSES = (NOT_YET, DEMO_DONE, PAPER_DONE)
-VERSION_KEYS = ("python", "torch", "timm", "grad-cam", "xaikit")
+# the software whose version can change a number in the book (numpy, scipy, scikit-image and OpenCV compute the
+# scores and resize the CAM pictures)
+VERSION_KEYS = ("python", "torch", "timm", "grad-cam", "numpy", "scipy", "scikit-image", "opencv-python-headless", "xaikit")
 NOT_RUN_YET = "not run yet"  # the verdict cell of a claim no successful run has judged
 # The profiles whose verdicts the tables show, one column each; the paper's only where a paper run recorded one.
 VERDICT_COLUMNS = {"demo": "Demo verdict", "paper": "Paper-profile verdict"}
@@ -260,7 +262,7 @@ def status_table(items: list[Item], records: dict[str, dict], source: Path, note
     return _table(header, rows)
 
 
-UNKNOWN_REASON = "unknown: no experiment on the demo explains it."
+UNKNOWN_REASON = "unknown: no experiment on the demo explains it."  # capitalised where printed
 
 
 def _paper_item(name: str) -> str:
@@ -292,9 +294,10 @@ def glance_list(items: list[Item], source: Path, verdicts: dict, profile: str = 
             text += f" *The demo:* {NOT_RUN_YET}."
         else:
             shown = entry.get("headline") or entry["evidence"]
-            text += f" *The demo:* **{entry['verdict']}**. {shown}"
+            text += f" *The demo:* **{entry['verdict']}**. {shown[:1].upper()}{shown[1:]}"
             if entry["verdict"] == DOES_NOT_HOLD:
-                text += f" *Why:* {entry.get('reason') or UNKNOWN_REASON}"
+                reason = entry.get("reason") or UNKNOWN_REASON
+                text += f" *Why:* {reason[:1].upper()}{reason[1:]}"
         paragraphs.append(text)
     return "\n\n".join(paragraphs) + "\n" if paragraphs else "No claims of this chapter are listed yet.\n"
 

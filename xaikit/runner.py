@@ -170,7 +170,9 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "timm", "grad-cam", "xaikit")}}
+    from .bookpages import VERSION_KEYS
+
+    return {"python": platform.python_version(), **{name: version(name) for name in VERSION_KEYS if name != "python"}}
 
 
 @lru_cache(maxsize=1)

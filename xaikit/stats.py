@@ -430,8 +430,10 @@ def ordinal(rank: int) -> str:
 def format_interval(estimate: float, low: float, high: float, digits: int = 1) -> str:
     """A value with its interval, the one way the book prints them: ``"71.3 [69.8, 72.9]"``.
 
-    Each number is rounded to ``digits`` decimals. A NaN estimate prints as ``"n/a"``; a NaN end drops the
-    interval and prints the estimate alone.
+    Each number is rounded to ``digits`` decimals, with up to three more where an end of the interval that is
+    not 0 would print as 0: which side of zero an interval lies on decides verdicts, so it must show
+    (``"-0.0012 [-0.0024, -0.0003]"``, not ``"-0.001 [-0.002, 0.000]"``). A NaN estimate prints as ``"n/a"``; a NaN
+    end drops the interval and prints the estimate alone.
     """
     if isinstance(digits, bool) or not isinstance(digits, (int, np.integer)) or digits < 0:
         raise InvalidParameterError(f"digits must be an integer >= 0 (decimals to show); got {digits!r}")
@@ -440,6 +442,10 @@ def format_interval(estimate: float, low: float, high: float, digits: int = 1) -
         return "n/a"
     if math.isnan(low) or math.isnan(high):
         return _fixed(estimate, digits)
+    for _ in range(3):
+        if not any(end != 0 and float(_fixed(end, digits)) == 0 for end in (low, high)):
+            break
+        digits += 1
     return f"{_fixed(estimate, digits)} [{_fixed(low, digits)}, {_fixed(high, digits)}]"
 
 

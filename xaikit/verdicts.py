@@ -280,13 +280,23 @@ def best_method_verdict(
     row, base = league.loc[method], league.loc[strongest]
     means_digits = interval_digits((row.mean_low, row.mean_high), (base.mean_low, base.mean_high))
     difference_digits = interval_digits((pair.low, pair.high))
-    floor_text = ""
+    floor_text = floor_headline = ""
     if floors:
         floor_means = league.loc[floors, "mean"]
         best_floor = str(floor_means.idxmax() if higher_is_better else floor_means.idxmin())
-        floor_row = league.loc[best_floor]
-        floor_text = (f"; the strongest floor, {name(best_floor, best_floor)}, scores "
-                      f"{format_interval(floor_row['mean'], floor_row.mean_low, floor_row.mean_high, means_digits)}")
+        floor_row, shown_floor = league.loc[best_floor], name(best_floor, best_floor)
+        # a method must also beat what knows nothing about the model: paired, as against the baseline
+        floor_pair = paired_comparison(kept[method], kept[best_floor], n_resamples=n_resamples, seed=seed)
+        floor_side = _side(floor_pair, higher_is_better)
+        relation = {"better": "is ahead of", "worse": "is behind", "indistinguishable": "is indistinguishable here from"}[floor_side]
+        floor_outcome = f"{shown_method} {relation} it"
+        floor_difference = format_interval(floor_pair.difference, floor_pair.low, floor_pair.high,
+                                           interval_digits((floor_pair.low, floor_pair.high)))
+        floor_text = (f"; the strongest floor, {shown_floor}, scores "
+                      f"{format_interval(floor_row['mean'], floor_row.mean_low, floor_row.mean_high, means_digits)}, "
+                      f"and {floor_outcome} ({shown_method} − {shown_floor} {floor_difference})")
+        if floor_side != "better":
+            floor_headline = f"; {shown_method} {relation} the floor {shown_floor} ({floor_difference})"
     rank_span = (f"{_rank_text(row['rank_low'])}–{_rank_text(row['rank_high'])}"
                  if row["rank_low"] != row["rank_high"] else _rank_text(row["rank_low"]))
     evidence = (
@@ -299,7 +309,7 @@ def best_method_verdict(
     )
     headline = (f"{shown_method} ranks {_rank_text(row['rank'])} of {len(league)} on {score} (95 % interval {rank_span}); "
                 f"{shown_method} − {shown_baseline} {format_interval(pair.difference, pair.low, pair.high, difference_digits)}: "
-                f"{outcome}")
+                f"{outcome}{floor_headline}")
     return Verdict(
         verdict=verdict, evidence=evidence, headline=_sentence(headline), method=method, baseline=strongest, score=score,
         higher_is_better=higher_is_better, n=pair.n, n_omitted=int(league.attrs["n_omitted"]),
@@ -424,32 +434,48 @@ def combined_verdict(parts: Mapping[str, Verdict]) -> Verdict:
     def listed(chosen: Mapping[str, Verdict]) -> str:
         return "; ".join(f"{name}: {part.evidence.rstrip('.')}" for name, part in chosen.items())
 
+    untested_text = (f" The demo cannot test {'; '.join(untested)} "
+                     f"({'; '.join(parts[name].evidence.rstrip('.') for name in untested)})." if untested else "")
     if failing:
         verdict = DOES_NOT_HOLD
-        evidence = f"{len(failing)} of {len(parts)} parts {'does' if len(failing) == 1 else 'do'} not hold. {listed(failing)}."
+        evidence = (f"{len(failing)} of the {len(tested)} parts the demo can test {'does' if len(failing) == 1 else 'do'} "
+                    f"not hold. {listed(failing)}.{untested_text}")
     elif not tested:
         verdict, evidence = UNTESTABLE, f"{listed(parts)}."
     else:
         verdict = HOLDS
-        evidence = f"{listed(tested)}."
-        if untested:
-            evidence = (f"Holds on what the demo can test; it cannot test {', '.join(untested)} "
-                        f"({'; '.join(parts[name].evidence.rstrip('.') for name in untested)}). {evidence}")
+        evidence = f"{listed(tested)}.{untested_text}"
     return Verdict(verdict=verdict, evidence=evidence, headline=_combined_headline(parts), parts=tuple(parts.items()))
 
 
-def _combined_headline(parts: Mapping[str, Verdict], named: int = 4) -> str:
-    """"2 of 3 parts do not hold (pixel accuracy; mAP). First, pixel accuracy: <its headline>": the count, the
-    deciding parts by name (at most `named`, then how many more; part names may hold commas), the first one's
-    headline."""
+def _part_outcome(part: Verdict) -> str:
+    """A part's headline without the labels its part name already gives ("before to after, score: ...")."""
+    text = (part.headline or part.evidence).rstrip(".")
+    if part.score and part.method and part.baseline and math.isnan(part.rank):  # an improvement: its labels lead
+        text = text.split(f", {part.score}: ", 1)[-1]
+    return text
+
+
+def _combined_headline(parts: Mapping[str, Verdict], named: int = 6) -> str:
+    """"2 of the 3 parts the demo can test do not hold (pixel accuracy; mAP); it holds on mIoU; 1 cannot be tested
+    (ImageNet). First, pixel accuracy: <its outcome>": the counts, the parts by name (at most `named` of each kind;
+    part names may hold commas, so semicolons separate them), and the deciding part's numbers."""
+    def names(chosen: list[str]) -> str:
+        return "; ".join(chosen[:named]) + (f"; and {len(chosen) - named} more" if len(chosen) > named else "")
+
     failing = [name for name, part in parts.items() if part.verdict == DOES_NOT_HOLD]
-    tested = [name for name, part in parts.items() if part.verdict != UNTESTABLE]
+    holding = [name for name, part in parts.items() if part.verdict == HOLDS]
+    untested = [name for name, part in parts.items() if part.verdict == UNTESTABLE]
+    tested = len(failing) + len(holding)
     if failing:
-        shown, count = failing, f"{len(failing)} of {len(parts)} parts {'does' if len(failing) == 1 else 'do'} not hold"
-    elif tested:
-        shown, count = tested, f"holds on {len(tested)} of {len(parts)} parts"
+        text = f"{len(failing)} of the {tested} parts the demo can test {'does' if len(failing) == 1 else 'do'} not hold ({names(failing)})"
+        if holding:
+            text += f"; it holds on {names(holding)}"
+    elif holding:
+        text = f"holds on {'the one part' if tested == 1 else f'all {tested} parts'} the demo can test ({names(holding)})"
     else:
-        shown, count = list(parts), f"none of the {len(parts)} parts can be tested on the demo"
-    names = "; ".join(shown[:named]) + (f"; and {len(shown) - named} more" if len(shown) > named else "")
-    first = parts[shown[0]]
-    return f"{count} ({names}). First, {shown[0]}: {(first.headline or first.evidence).rstrip('.')}."
+        return f"none of the {len(parts)} parts can be tested on the demo ({names(untested)})."
+    if untested:
+        text += f"; {len(untested)} cannot be tested on the demo ({names(untested)})"
+    first = (failing or holding)[0]
+    return f"{text}. First, {first}: {_part_outcome(parts[first])}."

@@ -37,56 +37,64 @@ Shapes rules
     the blurred click maps of ClickMe.
 
 Pairs rules
-    As shapes, on a ``size`` background (default 64), with two objects of two distinct
-    classes drawn without replacement (default radius fraction 0.12-0.20) whose
-    enclosing circles are at least 2 px apart, so their masks never touch. Both objects
-    share the image's polarity but have their own colours. Each object has its own mask
-    and importance map; object 0 and object 1 are in no particular order.
+    As shapes, on a square background of ``size`` pixels a side (64 by default), with two
+    objects of two different classes. Each object fits in a circle whose radius is between
+    0.12 and 0.20 of the side by default, and the two circles are at least 2 pixels apart,
+    so the objects' masks never touch. Both objects are bright on a dark background or dark
+    on a bright one, each in its own colour. Each object has its own mask and importance
+    map; object 0 and object 1 are in no particular order.
 
 Nodule rules (LIDC-IDRI rating scales; pixel scale ``mm_per_pixel``, default 0.8 mm)
-    Intensities are built in Hounsfield units and shown through a lung window (level
-    -600 HU, width 1500 HU, i.e. -1350..150 HU -> 0..255). Background: parenchyma at about
-    -850 HU with low-frequency variation, 1-3 short thin blurred vessels (-700..-450 HU) and
-    CT noise (sigma 20 HU, added to every pixel, nodule included). Each nodule draws its
-    biomarkers independently:
+    Intensities are built in Hounsfield units (HU) and shown through a lung window (level
+    -600 HU, width 1500 HU): -1350 HU and below show as black (0), 150 HU and above as
+    white (255). Background: lung tissue at about -850 HU with slow variation across the
+    crop, one to three short, thin, blurred vessels (between -700 and -450 HU) and CT noise
+    (standard deviation 20 HU, added to every pixel, nodule included). Each nodule draws
+    its biomarkers independently of one another:
 
     ==============  =========================  ==================================================
     biomarker       drawn                      rendered as
     ==============  =========================  ==================================================
-    subtlety        1-5 uniform                contrast: the nodule's HU excess over the
-                                               parenchyma is multiplied by 0.3 (1, extremely
-                                               subtle) ... 1.0 (5, obvious), linearly
-    calcification   6 w.p. 0.7, else 1-5       6 = absent (LIDC coding); 1 popcorn (3-5 small
-                                               blobs), 2 laminated (a ring), 3 solid (whole
-                                               body), 4 non-central blob, 5 central blob;
-                                               calcified pixels at +400 HU (scaled by contrast)
-    sphericity      1-5 uniform                minor/major axis ratio 0.35 (1, linear) ... 1.0
-                                               (5, round), linearly; random orientation
-    margin          1-5 uniform                edge ramp: opacity rises linearly from the
-                                               boundary over w px, w = 1 (5, sharp) ...
-                                               1 + min(6, 0.8 * minor semi-axis) (1, poorly
-                                               defined)
-    lobulation      1-5 uniform                boundary radius times 1 + 0.06 (L - 1) cos(k phi),
-                                               k in {3, 4, 5} lobes
-    spiculation     1-5 uniform                2 (S - 1) thin radial spikes (-300 HU; +20 HU
-                                               if texture 5) at opacity 0.8, of length
-                                               (0.25 + 0.1 (S - 1)) * major semi-axis + 2 px
-    texture         1-5 uniform                1 ground glass (-600 HU) ... 5 solid (+20 HU): a
-                                               solid core filling the fraction (T - 1) / 4 of
-                                               the radius inside a ground-glass rim
-    diameter (mm)   log-uniform in 3-30 mm     major axis length = diameter / mm_per_pixel
-                                               (minor semi-axis at least 1 px)
+    subtlety        1 to 5, equally likely     contrast: the nodule's HU excess over the lung
+                                               tissue is multiplied by a factor from 0.3 (1,
+                                               extremely subtle) to 1.0 (5, obvious), linearly
+    calcification   6 with probability 0.7,    6 = absent (LIDC coding); 1 popcorn (3 to 5
+                    else 1 to 5                small blobs), 2 laminated (a ring), 3 solid
+                                               (whole body), 4 non-central blob, 5 central
+                                               blob; calcified pixels at +400 HU (scaled by
+                                               the contrast)
+    sphericity      1 to 5, equally likely     ratio of the minor to the major axis from 0.35
+                                               (1, linear) to 1.0 (5, round), linearly; random
+                                               orientation
+    margin          1 to 5, equally likely     edge ramp: the opacity rises linearly from the
+                                               boundary over w pixels, from w = 1 (5, sharp)
+                                               to w = 1 + min(6, 0.8 times the minor
+                                               semi-axis) (1, poorly defined)
+    lobulation      1 to 5, equally likely     the boundary's radius times
+                                               1 + 0.06 (L - 1) cos(k phi), with k = 3, 4 or
+                                               5 lobes
+    spiculation     1 to 5, equally likely     2 (S - 1) thin radial spikes (-300 HU, or +20 HU
+                                               if the texture is 5) at opacity 0.8, of length
+                                               (0.25 + 0.1 (S - 1)) times the major semi-axis,
+                                               plus 2 pixels
+    texture         1 to 5, equally likely     from 1, ground glass (-600 HU), to 5, solid
+                                               (+20 HU): a solid core filling the fraction
+                                               (T - 1) / 4 of the radius inside a ground-glass
+                                               rim
+    diameter (mm)   3 to 30 mm, uniform on a   length of the major axis = diameter /
+                    log scale                  mm_per_pixel (minor semi-axis at least 1 pixel)
     ==============  =========================  ==================================================
 
-    The ratings are integers (stored as float64); the nodule is centred with a jitter of
-    +-5 % of ``size``; spikes may be cut by the crop border. The mask is the nodule body plus
-    its spikes, and only mask pixels differ from the nodule-free image.
+    The ratings are integers (stored as float64); the nodule is centred, moved by up to 5 %
+    of ``size`` either way; spikes may be cut by the crop's border. The mask is the nodule's
+    body plus its spikes, and only mask pixels differ from the nodule-free image.
 
     Malignancy (:func:`malignancy_score`): ``p = sigmoid(z)`` with
     ``z = 0.7 + 2.0 ln(diameter / 10 mm) + 0.6 (spiculation - 3) + 0.5 (lobulation - 3)
-    + 0.5 (3 - margin) - 2.0 [calcification != 6]``; subtlety, sphericity and texture have
-    no effect. Label 1 (malignant) when ``p >= 0.5`` (``label_rule="threshold"``, default),
-    or with probability ``p`` from the image's own generator (``label_rule="bernoulli"``).
+    + 0.5 (3 - margin) - 2.0 c``, where c is 1 for a calcified nodule (calcification other
+    than 6) and 0 otherwise; subtlety, sphericity and texture have no effect. The label is 1
+    (malignant) when p is at least 0.5 (``label_rule="threshold"``, the default), or is drawn
+    as 1 with probability p from the image's own generator (``label_rule="bernoulli"``).
     About half the nodules are malignant under the default ranges.
 """
 

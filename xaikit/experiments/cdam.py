@@ -316,9 +316,27 @@ def shown_table(table: pd.DataFrame, paper: pd.DataFrame | None = None, digits: 
 
 
 def rank_text(rank: float, low: float, high: float) -> str:
-    """A rank with its interval, "3 [1–6]"; a rank the resampling never moves alone, "4"."""
-    text = f"{rank:g}"
-    return text if low == high == rank else f"{text} [{low:g}–{high:g}]"
+    """A rank with its interval, "3 [1–6]"; a rank the resampling never moves too, "4 [4–4]" (every rank cell
+    reads alike)."""
+    return f"{rank:g} [{low:g}–{high:g}]"
+
+
+def below_strongest_floor(scores: Mapping[str, pd.DataFrame], metric: str) -> tuple[str, list[str]]:
+    """The stronger floor on `metric` (of `FLOORS` in the frame, the better mean) and the rows (not floors) that
+    do not beat it: a paired comparison over the images (`xaikit.stats.paired_comparison`) whose verdict is not
+    "better than the floor". A row that does not beat the floor has not shown that it reads the model."""
+    from ..stats import paired_comparison
+
+    frame = scores[metric]
+    floors = [c for c in frame.columns if c in FLOORS]
+    if not floors:
+        raise InvalidParameterError(f"the {metric} scores have no floor row ({', '.join(FLOORS)}); add one to the methods")
+    higher = HIGHER_IS_BETTER[metric]
+    strongest = max(floors, key=lambda c: frame[c].mean() if higher else -frame[c].mean())
+    better = "a higher" if higher else "b higher"
+    rows = [c for c in frame.columns if c not in FLOORS
+            and paired_comparison(frame[c].to_numpy(), frame[strongest].to_numpy()).verdict != better]
+    return strongest, rows
 
 
 def claim_verdict(scores: Mapping[str, pd.DataFrame], metric: str, method: str, *, allow_tie: bool = False,
@@ -353,7 +371,10 @@ def pool_to_tokens(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def golden_cdam_errors(golden_dir=None, precisions: Sequence[str] = ("float32",)) -> pd.DataFrame:
     """Relative errors ``max |ours - reference| / max |reference|`` of CDAM, Integrated CDAM, Smooth CDAM
     (with the stored noise) and concept CDAM against the authors' code's outputs in the golden files
-    (``tests/golden``, see its README), both reference models, each of the two target sets; one row each."""
+    (``tests/golden``, see its README), both reference models, each of the two target sets; one row each.
+
+    Column ``classes explained`` names a target set by its classes, one per input image (e.g. "8, 6, 6, 3"), or
+    "a concept" for concept CDAM."""
     from ..concepts import concept_target
     from ..methods import get_method
     from ..report import golden_dir_checked, golden_file, golden_model
@@ -378,11 +399,12 @@ def golden_cdam_errors(golden_dir=None, precisions: Sequence[str] = ("float32",)
                 for column in range(reference["targets"].shape[1]):
                     ours = get_method(method).create(model, **params).attribute(images, torch.from_numpy(reference["targets"][:, column]))
                     rows.append({"method": method, "label": label, "precision": precision, "model": f"reference model {which}",
-                                 "target set": column + 1, "relative error": _relative_error(ours, reference[key][:, column])})
+                                 "classes explained": ", ".join(str(int(c)) for c in reference["targets"][:, column]),
+                                 "relative error": _relative_error(ours, reference[key][:, column])})
             concept = concept_target(model, torch.from_numpy(inputs["concept_images"]).to(dtype))
             ours = get_method("cdam").create(model).attribute(images, concept)
             rows.append({"method": "cdam", "label": "concept CDAM", "precision": precision, "model": f"reference model {which}",
-                         "target set": "concept", "relative error": _relative_error(ours, reference["concept_cdam_raw"])})
+                         "classes explained": "a concept", "relative error": _relative_error(ours, reference["concept_cdam_raw"])})
     return pd.DataFrame(rows)
 
 

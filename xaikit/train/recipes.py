@@ -374,7 +374,7 @@ def finetune_recipe(
 
 #: The training data's names in words (keys of `xaikit.train.DATASETS`), for the book's tables.
 DATA_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "shapes": "synthetic shapes", "nodules": "synthetic nodules",
-              "pairs": "synthetic pairs of shapes"}
+              "pairs": "synthetic pairs of shapes", "imagenet": "ImageNet"}
 
 
 def describe_recipe(config: TrainConfig, data_size: int = 32) -> dict[str, str]:
@@ -414,7 +414,8 @@ def describe_recipe(config: TrainConfig, data_size: int = 32) -> dict[str, str]:
                       f"AdamW, lr {config.lr:g}, weight decay {config.weight_decay:g}, betas (0.9, 0.999)"),
         "schedule": {"constant": "constant learning rate",
                      "exponential": f"learning rate times {config.lr_decay:g} after every epoch"}.get(
-            config.schedule, f"linear warm-up over {config.warmup_epochs:g} {steps}, times a cosine decay from 1 to 0 over the run"),
+            config.schedule, (f"linear warm-up over {config.warmup_epochs:g} {steps}, times a cosine decay from 1 to 0 over the run"
+                              if config.warmup_epochs else "cosine decay of the learning rate to 0 over the run, no warm-up")),
         **({"trained weights": "the classifier head only (backbone frozen, features under no_grad)"} if config.frozen else {}),
         **({"checkpoint kept": "the epoch with the lowest validation loss"} if config.keep == "best-val-loss" else {}),
         "epochs": str(config.epochs),
