@@ -11,7 +11,7 @@ def test_floor_comparison_picks_the_strongest_floor_and_its_side():
     scores = pd.DataFrame({"TokenTM": [1.0, 2.0, 3.0, 4.0], "Random": [0.0, 0.0, 0.0, 0.0], "centre prior": [3.0, 4.0, 5.0, 6.0]})
     floor, text, ahead = floor_comparison(scores, "TokenTM", ["Random", "centre prior"], higher_is_better=True)
     assert floor == "centre prior" and not ahead
-    assert text == "TokenTM − centre prior -2.0 [-2.0, -2.0] points: the floor ahead"  # every image: 2 below
+    assert text == "TokenTM − centre prior -2.0 [-2.0, -2.0]: the floor ahead"  # every image: 2 below
     floor, text, ahead = floor_comparison(scores, "TokenTM", ["Random", "centre prior"], higher_is_better=False)
     assert floor == "Random" and not ahead and text.endswith("the floor ahead")  # lower is better: Random's 0 is best
     floor, _, ahead = floor_comparison(scores.assign(TokenTM=[-1.0, -1.0, -2.0, -3.0]), "TokenTM", ["Random"], higher_is_better=False)

@@ -108,7 +108,7 @@ def floor_comparison(scores: pd.DataFrame, method: str, floors, *, higher_is_bet
     """`method` against the strongest of `floors` (the floor with the best mean), paired over the images.
 
     `scores`: rows images, columns row labels. Returns ``(floor, text, ahead)``: the strongest floor's label, a clause
-    ``"TokenTM − centre prior +1.2 [−0.3, 2.5] points: indistinguishable"`` (or ``"... : TokenTM ahead"`` /
+    ``"TokenTM − centre prior 1.2 [-0.3, 2.5]: indistinguishable"`` (in the score's units) (or ``"... : TokenTM ahead"`` /
     ``"... : the floor ahead"``, the difference's 95 % bootstrap interval, `xaikit.stats.paired_comparison`) and whether
     `method` is ahead beyond the noise.
     """
@@ -122,7 +122,7 @@ def floor_comparison(scores: pd.DataFrame, method: str, floors, *, higher_is_bet
     better, worse = ("a higher", "b higher") if higher_is_better else ("b higher", "a higher")
     outcome = {better: f"{method} ahead", worse: "the floor ahead"}.get(pair.verdict, "indistinguishable")
     text = (f"{method} − {floor} {format_interval(pair.difference, pair.low, pair.high, interval_digits((pair.low, pair.high)))}"
-            f" points: {outcome}")
+            f": {outcome}")
     return floor, text, pair.verdict == better
 
 
