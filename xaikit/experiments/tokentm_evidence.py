@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..errors import InvalidParameterError
-from ..stats import format_interval, rank_intervals
+from ..stats import format_interval, paired_comparison, rank_intervals
 from ..verdicts import interval_digits
 
 #: the floors' row labels -> their identifiers in result tables (a floor is a reference, never a method)
@@ -102,3 +102,36 @@ def object_share(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     scaled = torch.where(span > 0, (flat - low) / span.clamp_min(1e-300), torch.ones_like(flat))
     inside = (scaled * masks.flatten(1).cpu()).sum(1)
     return (100 * inside / scaled.sum(1)).numpy()
+
+
+def floor_comparison(scores: pd.DataFrame, method: str, floors, *, higher_is_better: bool) -> tuple[str, str, bool]:
+    """`method` against the strongest of `floors` (the floor with the best mean), paired over the images.
+
+    `scores`: rows images, columns row labels. Returns ``(floor, text, ahead)``: the strongest floor's label, a clause
+    ``"TokenTM − centre prior 1.2 [-0.3, 2.5]: indistinguishable"`` (in the score's units) (or ``"... : TokenTM ahead"`` /
+    ``"... : the floor ahead"``, the difference's 95 % bootstrap interval, `xaikit.stats.paired_comparison`) and whether
+    `method` is ahead beyond the noise.
+    """
+    floors = [floor for floor in floors if floor in scores.columns]
+    if method not in scores.columns or not floors:
+        raise InvalidParameterError(f"scores must have a column {method!r} and one of the floors; it has {list(scores.columns)}: "
+                                    "pass the floors' row labels as the scores name them")
+    means = scores[floors].mean()
+    floor = str(means.idxmax() if higher_is_better else means.idxmin())
+    pair = paired_comparison(scores[method], scores[floor])
+    better, worse = ("a higher", "b higher") if higher_is_better else ("b higher", "a higher")
+    outcome = {better: f"{method} ahead", worse: "the floor ahead"}.get(pair.verdict, "indistinguishable")
+    text = (f"{method} − {floor} {format_interval(pair.difference, pair.low, pair.high, interval_digits((pair.low, pair.high)))}"
+            f": {outcome}")
+    return floor, text, pair.verdict == better
+
+
+def standing(verdict) -> str:
+    """Where a `best_method_verdict` leaves its method against the strongest baseline, in words: "TokenTM ahead beyond
+    the noise", "the baseline ahead beyond the noise" (the paired interval wholly on the baseline's side) or
+    "indistinguishable" (the interval contains 0)."""
+    if verdict.verdict == "holds":
+        return f"{verdict.method} ahead beyond the noise"
+    if verdict.difference_low * verdict.difference_high > 0:
+        return "the baseline ahead beyond the noise"
+    return "indistinguishable"
