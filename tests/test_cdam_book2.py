@@ -7,7 +7,8 @@ import pytest
 from xaikit.demo_models import DEMO_MODELS, model_card
 from xaikit.errors import InvalidParameterError
 from xaikit.train import RECIPES
-from xaikit.train.recipes import describe_card, held_out_result, held_out_score
+from xaikit.train.held_out import held_out_score
+from xaikit.train.recipes import describe_card, held_out_result
 
 
 def card(**result):

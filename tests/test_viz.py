@@ -130,7 +130,7 @@ def test_doc_section_renders_rest_tables_and_lists_as_markdown():
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| biomarker")]
     assert len(rows) == 8  # the eight LIDC biomarkers, continuation lines joined into their row
     spiculation = next(row for row in rows if row.startswith("| spiculation"))
-    assert "of length (0.25 + 0.1 (S - 1)) \\* major semi-axis + 2 px |" in spiculation
+    assert "of length (0.25 + 0.1 (S - 1)) times the major semi-axis, plus 2 pixels |" in spiculation
     assert "`p = sigmoid(z)`" in text  # inline literals become Markdown code
 
 
