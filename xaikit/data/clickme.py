@@ -53,7 +53,7 @@ from xaikit.data.manifests import (
     Downloader,
     cached_path,
     check_recorded_hash,
-    fetch,
+    fetch_locally_or_download,
     hash_record_path,
     load_manifest,
 )
@@ -495,16 +495,9 @@ def _shard_file(shard: int, root: Path | None, origin: str, download: bool, veri
         f"~/.keras/datasets/click-me are found by themselves."
     )
 
-    def refuse_download(url: str, output_file: object, pooch_instance: object) -> None:
-        raise DataUnavailableError(f"ClickMe validation shard {shard} is not available locally and "
-                                   f"download=False. {how_to_get}")
-
-    try:
-        return fetch(manifest, downloader=downloader if download else refuse_download)
-    except DataUnavailableError as err:
-        if not download:
-            raise
-        raise DataUnavailableError(f"{err} Or set {CLICKME_ENV} to a folder holding the shards.") from err
+    return fetch_locally_or_download(manifest, download=download, downloader=downloader,
+                                     what=f"ClickMe validation shard {shard}", how_to_get=how_to_get,
+                                     hint=f"Or set {CLICKME_ENV} to a folder holding the shards.")
 
 
 def _check_shards(shards: Sequence[int] | None) -> list[int]:

@@ -37,7 +37,7 @@ from xaikit.data.manifests import (
     CACHE_DIR_ENV,
     cached_path,
     check_recorded_hash,
-    fetch,
+    fetch_locally_or_download,
     load_manifest,
 )
 from xaikit.errors import DataIntegrityError, DataUnavailableError, InvalidParameterError
@@ -96,17 +96,9 @@ def imagenet_seg_file(
             check_recorded_hash(manifest, local)
         return local
 
-    def refuse_download(url: str, output_file: object, pooch_instance: object) -> None:
-        raise DataUnavailableError(
-            f"ImageNet-Segmentation ({manifest.filename}) is not available locally and download=False. {how_to_get}"
-        )
-
-    try:
-        return fetch(manifest, downloader=None if download else refuse_download)
-    except DataUnavailableError as err:
-        if not download:
-            raise
-        raise DataUnavailableError(f"{err} Or set {IMAGENET_SEG_ENV}=/path/to/{manifest.filename}.") from err
+    return fetch_locally_or_download(manifest, download=download, what=f"ImageNet-Segmentation ({manifest.filename})",
+                                     how_to_get=how_to_get,
+                                     hint=f"Or set {IMAGENET_SEG_ENV}=/path/to/{manifest.filename}.")
 
 
 # ----------------------------------------------------------------------------- transforms

@@ -311,6 +311,21 @@ def fetch(
     return local
 
 
+def fetch_locally_or_download(manifest: Manifest, *, download: bool, what: str, how_to_get: str, hint: str,
+                              downloader: Downloader | None = None) -> Path:
+    """`fetch`, refusing to download when ``download`` is False (the error names `what` and says `how_to_get` it),
+    and adding `hint` (another place to put the file) to a failed download's error."""
+    def refuse_download(url: str, output_file: object, pooch_instance: object) -> None:
+        raise DataUnavailableError(f"{what} is not available locally and download=False. {how_to_get}")
+
+    try:
+        return fetch(manifest, downloader=downloader if download else refuse_download)
+    except DataUnavailableError as err:
+        if not download:
+            raise
+        raise DataUnavailableError(f"{err} {hint}") from err
+
+
 def _stale_file_note(destination: Path) -> str:
     """Explain a file already at the destination whose hash is wrong (pooch tried to replace it)."""
     if not destination.is_file():
