@@ -126,3 +126,13 @@ def smoke_book(tmp_path_factory):
     before = book_snapshot()
     runs = run_notebooks("smoke", output_dir=work / "book", log=quiet)
     return work, runs, before, book_snapshot()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local two-CPU Ray cluster for the session (the ledger's 'ray' executor joins it); the ray module."""
+    import ray  # installed by the dev extras (pip install -e '.[dev]'): a missing Ray fails, it does not skip
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20,
+             runtime_env={"env_vars": {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
