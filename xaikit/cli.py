@@ -88,12 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         "bench", help="images per second of every method against one forward+backward of the same model and batch"
     )
     bench_module.add_arguments(bench)
+    from . import benchmark as benchmark_module
+
+    benchmark = commands.add_parser(
+        "benchmark", help="every method under every protocol, on a resumable results ledger (local or Ray)"
+    )
+    benchmark_module.add_arguments(benchmark)
     args = parser.parse_args(argv)
     for key, value in vars(args).items():  # relative to the caller's folder, whichever folder a tool resolves against
         if isinstance(value, Path):
             setattr(args, key, absolute(value))
     if args.command == "bench":
         return bench_module.run_from_args(args)
+    if args.command == "benchmark":
+        return benchmark_module.run_from_args(args)
     if args.command == "check-book":
         from .bookcheck import check_book
 

@@ -1,0 +1,163 @@
+"""Reading the benchmark: who wins each score column, what the astrocytic layer changes, and each paper's claim
+judged across the whole benchmark (`xaikit.verdicts`, paired over the same images).
+
+Every function reads the oriented per-image scores of `summary.oriented_scores` (higher is better everywhere):
+rows (method, astrocytes, image), columns (model, dataset, protocol, metric).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import verdicts
+from ..errors import InvalidParameterError
+from ..stats import format_interval, paired_comparison
+
+FLOORS = ("random", "centre_prior")  #: reference maps that are not methods: a method should beat them
+CDAM_VARIANTS = ("cdam", "smooth_cdam", "integrated_cdam")
+VITA_METHODS = ("gradcam", "gradcam_pp")  #: the CAM methods ViTA's claim is about
+COST_PROTOCOLS = ("cost",)  #: what a method costs, not how well it explains: in no claim
+
+
+def column_label(column: tuple) -> str:
+    """``"perturbation / positive_auc_predicted (demo-cifar10-vit, cifar10-test)"``."""
+    model, dataset, protocol, metric = column
+    return f"{protocol} / {metric} ({model}, {dataset})"
+
+
+def column_scores(oriented: pd.DataFrame, column: tuple, astrocytes: str = "off") -> pd.DataFrame:
+    """Images x methods of one score column, for one astrocyte setting ("off" or its JSON text); only the
+    images every method present scored."""
+    values = oriented[column].xs(astrocytes, level="astrocytes").unstack("method")
+    values = values.dropna(axis=1, how="all").dropna(axis=0, how="any")
+    return values
+
+
+def quality_columns(oriented: pd.DataFrame) -> list[tuple]:
+    """Score columns that measure an explanation (every column but the cost)."""
+    return [column for column in oriented.columns if column[2] not in COST_PROTOCOLS]
+
+
+def winners(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per score column: the best row by mean and every row whose 95 % rank interval reaches rank 1 (tied for
+    first: the data cannot separate them from the best)."""
+    rows = []
+    columns = summary.columns.droplevel("statistic").unique()
+    for column in columns:
+        if column[3] == "mean rank" or column[2] in COST_PROTOCOLS:
+            continue
+        part = summary[column]
+        present = part.dropna(subset=["rank"])
+        if present.empty:
+            continue
+        best = present["rank"].idxmin()
+        tied = present.index[present["rank_low"] <= 1]
+        rows.append({"model": column[0], "dataset": column[1], "protocol": column[2], "metric": column[3],
+                     "best": _row(best), "tied for first": ", ".join(_row(row) for row in tied),
+                     "n tied": len(tied), "n rows": len(present)})
+    return pd.DataFrame(rows)
+
+
+def _row(row: tuple) -> str:
+    method, astrocytes = row
+    return method if astrocytes == "off" else f"{method} + astrocytes"
+
+
+def astrocyte_effects(oriented: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per method and score column: the paired change of the oriented score from the plain model to the model
+    with the astrocytic layer, with its 95 % bootstrap interval, and the outcome: "better", "worse" (interval
+    wholly on one side of 0) or "indistinguishable"."""
+    settings = [value for value in oriented.index.get_level_values("astrocytes").unique() if value != "off"]
+    if len(settings) > 1:
+        raise InvalidParameterError(f"the table holds {len(settings)} astrocyte settings; give the rows of one setting")
+    if not settings:
+        return pd.DataFrame(columns=["method", "column", "difference", "low", "high", "outcome"])
+    rows = []
+    for column in quality_columns(oriented):
+        off, on = column_scores(oriented, column, "off"), column_scores(oriented, column, settings[0])
+        images = off.index.intersection(on.index)
+        for method in on.columns.intersection(off.columns):
+            pair = paired_comparison(on.loc[images, method].to_numpy(), off.loc[images, method].to_numpy(),
+                                     n_resamples=n_resamples, seed=seed)
+            outcome = "better" if pair.low > 0 else "worse" if pair.high < 0 else "indistinguishable"
+            rows.append({"method": method, "column": column, "difference": pair.difference, "low": pair.low,
+                         "high": pair.high, "outcome": outcome, "n": len(images)})
+    return pd.DataFrame(rows)
+
+
+def astrocyte_counts(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per method: in how many score columns the astrocytic layer makes it better, worse, or changes nothing
+    measurable."""
+    counts = effects.groupby(["method", "outcome"]).size().unstack("outcome", fill_value=0)
+    for outcome in ("better", "worse", "indistinguishable"):
+        if outcome not in counts:
+            counts[outcome] = 0
+    return counts[["better", "worse", "indistinguishable"]].sort_values(["better", "worse"], ascending=[False, True])
+
+
+def _floors(scores: pd.DataFrame) -> list[str]:
+    return [floor for floor in FLOORS if floor in scores.columns]
+
+
+def best_across(oriented: pd.DataFrame, contenders: Sequence[str], *, columns: Sequence[tuple] | None = None,
+                n_resamples: int = 2000) -> verdicts.Verdict:
+    """The verdict on "one of `contenders` is best in every score column": per column the contender with the
+    best mean against the strongest other method (paired over images; the floors reported), combined."""
+    parts = {}
+    for column in columns if columns is not None else quality_columns(oriented):
+        scores = column_scores(oriented, column)
+        present = [name for name in contenders if name in scores.columns]
+        if not present:
+            continue
+        champion = scores[present].mean().idxmax()
+        others = [name for name in scores.columns if name not in present and name not in FLOORS]
+        parts[column_label(column)] = verdicts.best_method_verdict(
+            scores[[champion, *others, *_floors(scores)]], champion, higher_is_better=True, baselines=others,
+            floors=_floors(scores), score=f"{column[2]} {column[3]} (oriented: higher is better)",
+            n_resamples=n_resamples)
+    if not parts:
+        raise InvalidParameterError(f"none of {list(contenders)} is in the benchmark's table; run it with those methods")
+    return verdicts.combined_verdict(parts)
+
+
+def astrocyte_verdict(oriented: pd.DataFrame, methods: Sequence[str] = VITA_METHODS, protocol: str = "human_alignment",
+                      *, n_resamples: int = 2000) -> verdicts.Verdict:
+    """The verdict on "the astrocytic layer brings `methods`' maps closer to the human maps": per method and
+    alignment score, the paired change from the plain to the astrocyte model, combined."""
+    settings = [value for value in oriented.index.get_level_values("astrocytes").unique() if value != "off"]
+    columns = [column for column in oriented.columns if column[2] == protocol]
+    if not settings or not columns:
+        return verdicts.untestable(f"the benchmark ran no {protocol} units with and without the astrocytic layer")
+    parts = {}
+    for column in columns:
+        off, on = column_scores(oriented, column, "off"), column_scores(oriented, column, settings[0])
+        images = off.index.intersection(on.index)
+        for method in methods:
+            if method in off.columns and method in on.columns:
+                parts[f"{method}, {column[3]}"] = verdicts.improvement_verdict(
+                    off.loc[images, method].to_numpy(), on.loc[images, method].to_numpy(), higher_is_better=True,
+                    score=f"{column[3]} with the human maps", before_label=method, after_label=f"{method} + astrocytes",
+                    n_resamples=n_resamples)
+    return verdicts.combined_verdict(parts)
+
+
+def effect_text(row: Mapping) -> str:
+    return format_interval(row["difference"], row["low"], row["high"], 3)
+
+
+def agreement_extremes(tau: pd.DataFrame) -> tuple[tuple[str, str, float], tuple[str, str, float]]:
+    """The pair of protocols that agree most and the pair that agree least (Kendall's tau, off the diagonal)."""
+    values = tau.to_numpy(dtype=float).copy()
+    np.fill_diagonal(values, np.nan)
+    upper = np.triu(np.ones_like(values, dtype=bool), 1) & ~np.isnan(values)
+    if not upper.any():
+        raise InvalidParameterError("the agreement matrix has fewer than two protocols with shared methods")
+    i, j = np.nonzero(upper)
+    order = np.argsort(values[i, j])
+    low, high = order[0], order[-1]
+    names = list(tau.index)
+    return ((names[i[high]], names[j[high]], float(values[i[high], j[high]])),
+            (names[i[low]], names[j[low]], float(values[i[low], j[low]])))
