@@ -60,7 +60,7 @@ def test_the_smoke_benchmark_runs_every_protocol_resumes_and_summarises(tmp_path
     again = benchmark.run_benchmark(small(), tmp_path / "ledger", methods=FEW, progress=False)
     assert again.report.computed == 0 and again.report.skipped == run.report.total
     pd.testing.assert_frame_equal(again.table, table)
-    summary = bs.summary_table(table, higher_is_better(), n_resamples=50)
+    summary = bs.summary_table(table, higher_is_better(), n_resamples=100)
     assert len(summary) == len(table.groupby(["method", "astrocytes"]))
 
 

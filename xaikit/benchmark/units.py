@@ -90,7 +90,7 @@ PROFILES: dict[str, Profile] = {
             Track("demo-shapes-vit", "pairs", 4, ("class_discrimination", "box_sensitivity")),
         ),
         method_settings=_sampling(2),
-        protocol_settings={"box_sensitivity": {"n_boxes": 2, "box_step": 48}, "class_discrimination": {"n_boxes": 2, "box_step": 48}},
+        protocol_settings={"box_sensitivity": {"n_boxes": 3, "sizes": [56, 112]}, "class_discrimination": {"n_boxes": 3, "sizes": [56, 112]}},
         shard_size=3, batch_size=16,
     ),
     # demo: the small ViTs this project trains; sample sizes chosen so the whole benchmark takes at most
@@ -105,8 +105,8 @@ PROFILES: dict[str, Profile] = {
             Track("demo-shapes-vit", "pairs", 32, ("class_discrimination", "box_sensitivity")),
         ),
         method_settings=_sampling(10),
-        protocol_settings={"box_sensitivity": {"n_boxes": 8, "box_step": 32},
-                           "class_discrimination": {"n_boxes": 8, "box_step": 32}},
+        protocol_settings={"box_sensitivity": {"n_boxes": 8, "sizes": [56, 112, 168]},
+                           "class_discrimination": {"n_boxes": 8, "sizes": [56, 112, 168]}},
         shard_size=32, batch_size=32,
     ),
     # paper: the papers' models and data (their own sample sizes); methods with their papers' settings.
