@@ -699,3 +699,170 @@ def doc_section(module, title: str) -> str:
             break
         body.append(line)
     return f"**{_inline(heading)}.**\n\n" + rst_to_markdown("\n".join(body))
+
+
+# -- benchmark matrices: ranks and agreement -------------------------------------------------------
+
+MATRIX_CELL_IN = 0.42  #: side of a cell of `rank_heatmap` / `agreement_matrix_figure` (inches), when it fits
+MIN_ANNOTATED_CELL_IN = 0.3  #: narrowest cell in which a 9 pt number still fits (inches)
+MIN_LABEL_STEP_IN = 0.17  #: closest two 9 pt tick labels may stand without overlapping (inches)
+
+
+def _matrix_frame(name: str, frame):
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise InvalidParameterError(f"{name} must be a pandas DataFrame (rows x columns of numbers); got {type(frame).__name__}")
+    if frame.empty:
+        raise InvalidParameterError(f"{name} is empty: give at least one row and one column")
+    try:
+        values = frame.to_numpy(dtype=float)
+    except (TypeError, ValueError) as error:
+        raise InvalidParameterError(f"{name} must hold numbers (NaN for a missing cell): {error}") from None
+    if np.isinf(values).any():
+        raise InvalidParameterError(f"{name} holds infinite values; use NaN for a missing cell")
+    return values
+
+
+def _labels(index) -> list[str]:
+    """Tick labels of a (Multi)Index: a tuple's non-empty parts joined by " · "."""
+    return [" · ".join(str(part) for part in key if str(part)) if isinstance(key, tuple) else str(key) for key in index]
+
+
+def _annotated_matrix(ax, values: np.ndarray, texts, *, cmap, vmin: float, vmax: float, annotate: bool,
+                      bold=None, row_labels: Sequence[str], column_labels: Sequence[str]):
+    """A matrix of coloured cells, each with its text (dark or light for contrast); NaN cells light grey."""
+    import matplotlib as mpl
+
+    colour_map = mpl.colormaps[cmap].with_extremes(bad="0.92")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colour_map, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(values.shape[1]), column_labels, rotation=90, fontsize=TICK_PT)
+    ax.set_yticks(range(values.shape[0]), row_labels, fontsize=TICK_PT)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if annotate:
+        norm = mpl.colors.Normalize(vmin, vmax)
+        for (row, column), value in np.ndenumerate(values):
+            if np.isnan(value):
+                continue
+            red, green, blue, _ = colour_map(norm(value))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # perceived lightness of the cell
+            ax.text(column, row, texts[row][column], ha="center", va="center", fontsize=TICK_PT,
+                    color="white" if dark else "black",
+                    fontweight="bold" if bold is not None and bold[row, column] else "normal")
+    return image
+
+
+def _matrix_figure_size(rows: int, columns: int, row_labels, column_labels, cell_inches: float, aspect: float):
+    """(width, height, cell width) of a matrix figure within the book's width: label margins plus the cells,
+    each `aspect` times as high as wide, never narrower or lower than a line of 9 pt labels."""
+    label_width = 0.075 * max(len(label) for label in row_labels) + 0.3  # ~ width of a 9 pt character
+    label_height = 0.075 * max(len(label) for label in column_labels) + 0.3
+    cell = min(cell_inches, (BOOK_WIDTH_IN - label_width - 1.2) / columns)
+    if cell < MIN_LABEL_STEP_IN:
+        fitting = max(0, int((BOOK_WIDTH_IN - label_width - 1.2) / MIN_LABEL_STEP_IN))
+        raise InvalidParameterError(
+            f"{columns} columns do not fit the book's width with readable labels (at most {fitting} here): draw "
+            "one figure per part, e.g. per model and data set (ranks[[group]] of rank_matrix's first column level)"
+        )
+    row_step = max(cell * aspect, MIN_LABEL_STEP_IN)
+    return label_width + cell * columns + 1.2, label_height + row_step * rows + 0.5, cell
+
+
+def rank_heatmap(ranks, *, title: str | None = None, cmap: str = "viridis", annotate: bool | None = None,
+                 cell_inches: float = MATRIX_CELL_IN):
+    """Methods x score columns of ranks, as `xaikit.benchmark.summary.rank_matrix` gives them.
+
+    Rank 1 (the best) is the darkest cell of the sequential colour map (``viridis``: dark blue for rank 1,
+    yellow for the last) and its number is bold; a missing cell (a method not scored there) is light grey.
+    Each cell shows its rank when the cells are wide enough for a 9 pt number (`MIN_ANNOTATED_CELL_IN`;
+    ``annotate`` True or False forces it). Columns may be a two-level MultiIndex, e.g. ("model · dataset",
+    "protocol/metric"): the second level labels the columns, the first is written once above its columns,
+    with a white line between groups. Returns the figure, at most `BOOK_WIDTH_IN` wide.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    values = _matrix_frame("ranks", ranks)
+    if (values[~np.isnan(values)] < 1).any():
+        raise InvalidParameterError("ranks must be ranks (1 = best, NaN for a missing cell); got values below 1")
+    columns = ranks.columns
+    if isinstance(columns, pd.MultiIndex) and columns.nlevels != 2:
+        raise InvalidParameterError(
+            f"ranks' columns have {columns.nlevels} levels; give one level, or two (group, column) as rank_matrix does"
+        )
+    grouped = isinstance(columns, pd.MultiIndex)
+    column_labels = [str(key[1]) for key in columns] if grouped else _labels(columns)
+    row_labels = _labels(ranks.index)
+    width, height, cell = _matrix_figure_size(*values.shape, row_labels, column_labels, cell_inches, 0.75)
+    fig, ax = plt.subplots(layout="constrained", figsize=(width, height + (0.3 if grouped else 0.0)))
+    highest = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    texts = [[f"{value:g}" for value in row] for row in values]
+    image = _annotated_matrix(ax, values, texts, cmap=cmap, vmin=1.0, vmax=max(highest, 2.0),
+                              annotate=cell >= MIN_ANNOTATED_CELL_IN if annotate is None else annotate,
+                              bold=values == 1, row_labels=row_labels, column_labels=column_labels)
+    if grouped:
+        groups = [str(key[0]) for key in columns]
+        starts = [i for i in range(len(groups)) if i == 0 or groups[i] != groups[i - 1]]
+        ends = starts[1:] + [len(groups)]
+        for start in starts[1:]:
+            ax.axvline(start - 0.5, color="white", linewidth=3)
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([(start + end - 1) / 2 for start, end in zip(starts, ends)],
+                       [groups[start] for start in starts], fontsize=TICK_PT)
+        top.tick_params(length=0)
+        for spine in top.spines.values():
+            spine.set_visible(False)
+    bar = fig.colorbar(image, ax=ax, shrink=min(1.0, 3.0 / max(height, 0.1)), pad=0.02)
+    bar.set_label("rank (1 = best)", fontsize=FONT_PT)
+    bar.ax.tick_params(labelsize=TICK_PT)
+    bar.ax.invert_yaxis()  # the best rank on top
+    if title:
+        ax.set_title(title, fontsize=FONT_PT)
+    return fit_to_book(fig)
+
+
+def agreement_matrix_figure(tau, p_values=None, *, alpha: float = 0.05, title: str | None = None,
+                            cmap: str = "RdBu_r", annotate: bool | None = None, cell_inches: float = MATRIX_CELL_IN):
+    """Kendall's tau between the rankings of every two protocols (or score columns), as a square matrix.
+
+    ``tau`` is the first frame `xaikit.benchmark.summary.protocol_agreement` returns (rows and columns the
+    same rankings). The diverging colour map is centred at 0 (limits -1 and 1): red where two rankings agree,
+    blue where they are reversed, white where they are unrelated; a NaN cell (too few methods in common) is
+    light grey. Each cell shows tau with two decimals, and a ``*`` where ``p_values`` (the second frame) is
+    below ``alpha``. Returns the figure, at most `BOOK_WIDTH_IN` wide.
+    """
+    import matplotlib.pyplot as plt
+
+    values = _matrix_frame("tau", tau)
+    if values.shape[0] != values.shape[1] or _labels(tau.index) != _labels(tau.columns):
+        raise InvalidParameterError(
+            "tau must be square with the same rankings as rows and columns, as protocol_agreement returns; got rows "
+            f"{_labels(tau.index)} and columns {_labels(tau.columns)}"
+        )
+    if (np.abs(values[~np.isnan(values)]) > 1 + 1e-9).any():
+        raise InvalidParameterError("tau must lie in [-1, 1] (Kendall's tau); got values outside it")
+    marked = np.zeros(values.shape, dtype=bool)
+    if p_values is not None:
+        p = _matrix_frame("p_values", p_values)
+        if p.shape != values.shape:
+            raise InvalidParameterError(f"p_values has shape {p.shape}, tau {values.shape}: pass the pair protocol_agreement returns")
+        if not 0 < alpha < 1:
+            raise InvalidParameterError(f"alpha must lie strictly between 0 and 1 (e.g. 0.05); got {alpha!r}")
+        marked = np.nan_to_num(p, nan=1.0) < alpha
+    labels = _labels(tau.index)
+    width, height, cell = _matrix_figure_size(*values.shape, labels, labels, cell_inches, 1.0)
+    fig, ax = plt.subplots(layout="constrained", figsize=(width, height))
+    texts = [[f"{value:.2f}" + ("*" if mark else "") for value, mark in zip(row, marks)]
+             for row, marks in zip(values, marked)]
+    image = _annotated_matrix(ax, values, texts, cmap=cmap, vmin=-1.0, vmax=1.0,
+                              annotate=cell >= MIN_ANNOTATED_CELL_IN if annotate is None else annotate,
+                              row_labels=labels, column_labels=labels)
+    bar = fig.colorbar(image, ax=ax, shrink=min(1.0, 3.0 / max(height, 0.1)), pad=0.02)
+    bar.set_label("Kendall's τ" + (f" (* p < {alpha:g})" if p_values is not None else ""), fontsize=FONT_PT)
+    bar.ax.tick_params(labelsize=TICK_PT)
+    if title:
+        ax.set_title(title, fontsize=FONT_PT)
+    return fit_to_book(fig)
