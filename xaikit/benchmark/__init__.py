@@ -39,11 +39,11 @@ def vita_chapter_astrocytes(results: str | Path | None = None) -> tuple[dict, st
     """The astrocyte setting the ViTA chapter found best, and where it comes from.
 
     Reads ViTA 2's table of the best setting per CAM method and metric (``vita/02_grid_search-best.csv`` under
-    the results folder, default `xaikit.report.results_dir()`) and takes the setting best for the most pairs
+    the results folder, default ``<run folder>/results``, where `xaikit run` keeps every page's finished results) and takes the setting best for the most pairs
     (the first such row on a tie). Without that file: `DEFAULT_ASTROCYTES`, the setting ViTA 1 shows."""
-    from ..report import results_dir
+    from ..report import run_dir
 
-    path = Path(results) if results is not None else results_dir()
+    path = Path(results) if results is not None else run_dir() / "results"
     path = path / "vita" / "02_grid_search-best.csv" if path.is_dir() else path
     if not path.is_file():
         return dict(DEFAULT_ASTROCYTES), "the setting ViTA 1 shows (no ViTA grid search results found)"
