@@ -1,5 +1,6 @@
 """ViTA's grid search (`xaikit.experiments.vita`, issue 15 section 5): the grid, the shared prefix, one
-forward and one backward per configuration, resumable files, the best configuration per (CAM, metric)."""
+forward and one backward per configuration, resumable units on the results ledger, the best configuration per
+(CAM, metric). More of the ledger's side in test_vita_grid_ledger.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from xaikit.astrocytes import AstrocyteSettings
 from xaikit.errors import DataIntegrityError, InvalidParameterError
 from xaikit.introspection import token_grid
 from xaikit.experiments import vita
+from xaikit.ledger import Ledger, Unit
 
 from conftest import small_vit
 
@@ -184,8 +187,9 @@ def test_the_scores_are_the_metrics_of_the_cam_pictures_inside_the_context(tmp_p
 
     model, images, human, targets, configs = search_inputs
     run = vita.grid_search(model, images, human, targets, tmp_path, configs[:1], batch_size=2, log=None)
-    settings, scores = vita.read_scores(tmp_path / f"{vita.config_name(configs[0])}.npz")
-    assert settings == configs[0] and run.computed == 2 and run.skipped == 0  # the baseline and one configuration
+    found = run.scores()
+    scores = found[configs[0]]
+    assert list(found) == [None, configs[0]] and run.computed == 2 and run.skipped == 0  # the baseline and one configuration
     with xaikit.astrocytes(model, **vars(configs[0])):
         activations, gradients = norm1_pass(model, images, targets)
     pictures = vita_maps.cam_pictures_from(activations, gradients, (4, 4), 16)
@@ -193,28 +197,28 @@ def test_the_scores_are_the_metrics_of_the_cam_pictures_inside_the_context(tmp_p
         for metric in vita.METRICS:
             expected = getattr(xaikit.metrics, metric)(pictures[cam], human).double().numpy()
             np.testing.assert_allclose(scores[f"{cam}/{metric}"], expected, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(scores["gradcam/ssim"], vita.read_scores(tmp_path / "baseline.npz")[1]["gradcam/ssim"])
+    assert not np.allclose(scores["gradcam/ssim"], found[None]["gradcam/ssim"])
 
 
 def test_an_interrupted_search_recomputes_nothing_finished(tmp_path, search_inputs, monkeypatch):
     model, images, human, targets, configs = search_inputs
     calls = counting(monkeypatch, fail_at=3)  # the baseline and one configuration finish, the third call crashes
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="run grid_search again"):
         vita.grid_search(model, images, human, targets, tmp_path, configs, batch_size=2, log=None)
-    finished = sorted(path.name for path in tmp_path.glob("*.npz"))
-    assert finished == sorted(["baseline.npz", f"{vita.config_name(configs[0])}.npz"])
-    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]  # no half-written file
-    written = {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("*.npz")}
+    ledger = Ledger(tmp_path)
+    assert [vita._spec_settings(ledger.spec(key)) for key in ledger.keys()] in ([None, configs[0]], [configs[0], None])
+    assert not [path for path in (tmp_path / "units").iterdir() if path.name.endswith(".tmp")]  # no half-written file
+    written = {path: path.stat().st_mtime_ns for path in (tmp_path / "units").iterdir()}
 
     calls = counting(monkeypatch)
     run = vita.grid_search(model, images, human, targets, tmp_path, configs, batch_size=2, log=None)
     assert calls == configs[1:] and run.computed == 3 and run.skipped == 2
-    assert all((tmp_path / name).stat().st_mtime_ns == time for name, time in written.items())  # untouched
+    assert all(path.stat().st_mtime_ns == time for path, time in written.items())  # untouched
     throughput = run.throughput
     assert throughput["configurations"] == 3 and throughput["images"] == 5
     assert throughput["config_images_per_s"] == pytest.approx(3 * 5 / throughput["seconds"])
 
-    (tmp_path / f"{vita.config_name(configs[2])}.npz").unlink()  # a lost file is recomputed, alone
+    ledger.result_path(run.units[3]).unlink()  # a lost file is recomputed, alone (units: the baseline, then configs)
     calls = counting(monkeypatch)
     vita.grid_search(model, images, human, targets, tmp_path, configs, batch_size=2, log=None)
     assert calls == [configs[2]]
@@ -224,36 +228,51 @@ def test_an_interrupted_search_recomputes_nothing_finished(tmp_path, search_inpu
     assert len(run.table()) == 4
 
 
-def test_a_folder_of_another_search_is_refused(tmp_path, search_inputs):
+def test_two_searches_in_one_folder_keep_apart(tmp_path, search_inputs):
+    """The units' specifications carry the fingerprint of the weights and the images, human maps and targets
+    (and the metrics), so another search in the same folder adds its own units, mixing nothing."""
     model, images, human, targets, configs = search_inputs
-    vita.grid_search(model, images, human, targets, tmp_path, configs[:1], metrics=["dice"], log=None)
-    with pytest.raises(InvalidParameterError, match="targets|fingerprint"):
-        vita.grid_search(model, images, human, targets.flip(0), tmp_path, configs[:1], metrics=["dice"], log=None)
-    with pytest.raises(InvalidParameterError, match="metrics"):
-        vita.grid_search(model, images, human, targets, tmp_path, configs[:1], log=None)
+    first = vita.grid_search(model, images, human, targets, tmp_path, configs[:1], metrics=["dice"], log=None)
+    other = vita.grid_search(model, images, human, targets.flip(0), tmp_path, configs[:1], metrics=["dice"], log=None)
+    assert other.computed == 2 and not {u.key for u in first.units} & {u.key for u in other.units}
+    assert not np.allclose(first.scores()[None]["gradcam/dice"], other.scores()[None]["gradcam/dice"])
+    again = vita.grid_search(model, images, human, targets, tmp_path, configs[:1], metrics=["dice"], log=None)
+    assert again.computed == 0 and again.table().equals(first.table())
+    with pytest.raises(DataIntegrityError, match="more than one grid search.*its own folder"):
+        vita.load_scores(tmp_path)  # the folder alone cannot say which search is meant
     with pytest.raises(InvalidParameterError, match="from 0 to 6"):
         vita.grid_search(model, images, human, targets + 5, tmp_path / "other", configs[:1], log=None)
     with pytest.raises(InvalidParameterError, match="square, one per image"):
         vita.grid_search(model, images, human[:4], targets, tmp_path / "other", configs[:1], log=None)
 
 
-def test_the_best_configuration_per_cam_and_metric_is_read_from_the_files(tmp_path):
+def write_unit(ledger, settings, scores: dict, n: int = 3) -> Unit:
+    """A grid-search unit of `scores` {"cam/metric": per-image values}, written as grid_search writes it."""
+    pairs = [key.split("/") for key in scores]
+    unit = ledger.unit(**vita._unit_spec("f" * 64, range(n), settings, 0, sorted({c for c, _ in pairs}),
+                                         list(dict.fromkeys(m for _, m in pairs)), 16))
+    rows = [(i, cam, metric, value) for (cam, metric), values in zip(pairs, scores.values()) for i, value in enumerate(values)]
+    ledger.write(unit, pd.DataFrame(rows, columns=["image", "cam", "metric", "value"]))
+    return unit
+
+
+def test_the_best_configuration_per_cam_and_metric_is_read_from_the_ledger(tmp_path):
     configs = vita.vita_grid(k=[4, 6], tau=[3], phi=[-0.5], alpha=[1.5], beta=[0.05])
     scores = {
         configs[0]: {"gradcam/spearman": [0.1, 0.3, math.nan], "gradcam/dice": [0.5, 0.5, 0.5]},
         configs[1]: {"gradcam/spearman": [0.2, 0.1, 0.0], "gradcam/dice": [0.4, 0.6, 0.5]},  # a tie: the first wins
     }
-    for settings, values in scores.items():
-        vita._write_scores(tmp_path / f"{vita.config_name(settings)}.npz", settings, {k: np.array(v) for k, v in values.items()})
-    vita._write_scores(tmp_path / "baseline.npz", None, {"gradcam/spearman": np.ones(3), "gradcam/dice": np.ones(3)})
+    ledger = Ledger(tmp_path)
+    units = [write_unit(ledger, settings, values) for settings, values in scores.items()]
+    write_unit(ledger, None, {"gradcam/spearman": np.ones(3), "gradcam/dice": np.ones(3)})
     table = vita.grid_table(tmp_path)
     assert table["gradcam/spearman"].tolist() == pytest.approx([0.2, 0.1])  # the NaN image left out of the mean...
     assert table["gradcam/spearman undefined"].tolist() == [1, 0]  # ...and counted
     best = vita.best_configurations(tmp_path)
     assert best.loc[("gradcam", "spearman"), ["k", "mean", "undefined"]].tolist() == [4, pytest.approx(0.2), 1]
     assert best.loc[("gradcam", "dice"), "k"] == 4 and best.loc[("gradcam", "dice"), "configurations"] == 2
-    with pytest.raises(DataIntegrityError, match="no file"):
+    with pytest.raises(DataIntegrityError, match="no scores"):
         vita.best_configurations(tmp_path, vita.vita_grid(k=[8], tau=[3], phi=[-0.5], alpha=[1.5], beta=[0.05]))
-    (tmp_path / f"{vita.config_name(configs[1])}.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataIntegrityError, match="delete the file"):
+    ledger.result_path(units[1]).write_bytes(b"not a parquet file")
+    with pytest.raises(DataIntegrityError, match="delete it and run grid_search again"):
         vita.grid_table(tmp_path)

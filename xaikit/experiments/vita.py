@@ -11,23 +11,25 @@ configuration runs the network from there. Both CAM methods read the activations
 ``blocks[-1].norm1`` (pytorch-grad-cam's ViT recipe, reference-spec 5), so one forward and one backward per
 configuration and batch serve both; the backward starts at the explained logit and stops at that layer.
 
-Resumable: each configuration's per-image scores go to one file ``<folder>/<name>.npz`` when the
-configuration is complete (a temporary file renamed into place), beside ``baseline.npz`` (the plain ViT)
-and ``search.json`` (what was searched: a fingerprint of the model, images, human maps and targets, the
-methods, metrics and picture size). A re-run with the same folder recomputes no finished configuration;
-a folder of another search is refused. The best configuration per (CAM, metric) is read from the files
+Resumable, on the results ledger (`xaikit.ledger`, rooted at the search's folder): a unit of work is one
+configuration (or the baseline, the plain ViT) on one shard of images; its specification holds a fingerprint
+of the model's weights and of the shard's images, human maps and targets, the shard's image indices, the
+configuration, the wrapped block, the CAM methods, the metrics and the picture size, so the results of
+another model or other images never mix with these. Each unit's per-image scores go to one Parquet file when
+the unit is complete; a re-run recomputes no finished unit. Executors: ``local`` (this process) and ``ray``
+(one Ray task per unit). The best configuration per (CAM, metric) is read from the ledger
 (`best_configurations`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import io
 import itertools
 import json
 import time
-import zipfile
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -39,8 +41,8 @@ from torch import nn
 
 from ..astrocytes import AstrocyteSettings, astrocytic_linear, check_astrocyte_model, check_block
 from ..errors import DataIntegrityError, InvalidParameterError, UnsupportedModelError
-from ..fileio import atomic_write
 from ..introspection import token_grid
+from ..ledger import Ledger, LedgerError, Unit, shards
 from ..methods.base import eval_mode, positive_int
 
 #: the paper's grid (reference-spec 6.6); `vita_grid` adds TABLE1_ALPHA
@@ -57,6 +59,10 @@ CAM_METHODS = ("gradcam", "gradcam_pp")
 METRICS = ("spearman", "dice", "ssim")
 SETTING_NAMES = ("k", "tau", "phi", "alpha", "beta")
 BASELINE = "baseline"
+#: the ``experiment`` field of the grid search's unit specifications (a ledger may hold other work too)
+GRID_EXPERIMENT = "vita-grid"
+#: images per unit: the default shard size of `grid_search`
+SHARD_SIZE = 256
 
 #: Table 1 of the paper: the best configuration per (CAM, metric)
 _PAPER_TABLE1 = [
@@ -95,7 +101,7 @@ def vita_grid(**axes: Iterable) -> list[AstrocyteSettings]:
 
 
 def config_name(settings: AstrocyteSettings | None) -> str:
-    """The file name (without .npz) of a configuration's scores; exact (repr of each float); None: the baseline."""
+    """A configuration's name, exact (repr of each float), as messages give it; None: the baseline."""
     if settings is None:
         return BASELINE
     return f"k{settings.k}_tau{settings.tau!r}_phi{settings.phi!r}_alpha{settings.alpha!r}_beta{settings.beta!r}"
@@ -235,60 +241,123 @@ def _config_scores(model: nn.Module, prefix: ProjInputs, human: torch.Tensor, ta
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-# -- files ---------------------------------------------------------------------------------
+# -- units of the ledger ---------------------------------------------------------------------
 
 
-def _write_scores(path: Path, settings: AstrocyteSettings | None, scores: Mapping[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    values = {name: np.float64(getattr(settings, name)) for name in SETTING_NAMES} if settings is not None else {}
-    np.savez(buffer, **values, **{key: np.asarray(value, dtype=np.float64) for key, value in scores.items()})
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
-
-
-def read_scores(path: str | Path) -> tuple[AstrocyteSettings | None, dict[str, np.ndarray]]:
-    """One configuration's file: its settings (None for the baseline) and per-image scores {"cam/metric": (n,)}."""
-    path = Path(path)
-    try:
-        with np.load(path) as data:
-            stored = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise DataIntegrityError(f"cannot read the grid-search scores {path}: {err}; delete the file to recompute it") from err
-    if path.stem == BASELINE:
-        return None, stored
-    try:
-        values = [stored.pop(name) for name in SETTING_NAMES]
-    except KeyError as err:
-        raise DataIntegrityError(f"{path} lacks the setting {err}; delete the file to recompute it") from None
-    return AstrocyteSettings(int(values[0]), *map(float, values[1:])), stored
-
-
-def _fingerprint(model: nn.Module, images: torch.Tensor, human: torch.Tensor, targets: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    tensors = [("images", images), ("human", human), ("targets", targets), *model.state_dict().items()]
+def _update_digest(digest, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
     for name, tensor in tensors:
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}{tuple(data.shape)}{data.dtype}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
-def _check_search_record(folder: Path, record: dict) -> None:
-    path = folder / "search.json"
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise DataIntegrityError(f"cannot read {path}: {err}; delete the folder {folder} to start the search afresh") from err
-        differ = sorted(key for key in record if previous.get(key) != record[key])
-        if differ:
-            raise InvalidParameterError(
-                f"{folder} holds a grid search of another setup (it differs in: {', '.join(differ)}), whose scores "
-                "would be mixed with these; give another folder, or delete this one to start afresh"
-            )
-        return
-    with atomic_write(path, "w") as handle:
-        handle.write(json.dumps(record, indent=1) + "\n")
+def _shard_fingerprints(model: nn.Module, images: torch.Tensor, human: torch.Tensor, targets: torch.Tensor,
+                        image_shards: Sequence[Sequence[int]]) -> list[str]:
+    """Per shard of images (consecutive indices): the SHA-256 of the model's weights and of the shard's images,
+    human maps and targets; the weights are read once."""
+    weights = hashlib.sha256()
+    _update_digest(weights, model.state_dict().items())
+    prints = []
+    for indices in image_shards:
+        digest, part = weights.copy(), slice(indices[0], indices[-1] + 1)
+        _update_digest(digest, [("images", images[part]), ("human", human[part]), ("targets", targets[part])])
+        prints.append(digest.hexdigest())
+    return prints
+
+
+def _settings_fields(settings: AstrocyteSettings | None) -> dict | None:
+    return None if settings is None else {name: getattr(settings, name) for name in SETTING_NAMES}
+
+
+def _unit_spec(fingerprint: str, indices: Sequence[int], settings: AstrocyteSettings | None, block: int,
+               cams: Sequence[str], metrics: Sequence[str], size: int) -> dict:
+    """A grid-search unit's specification (`Ledger.unit` adds the xaikit version)."""
+    return {"experiment": GRID_EXPERIMENT, "fingerprint": fingerprint, "images": [int(i) for i in indices],
+            "config": _settings_fields(settings), "block": int(block), "cams": list(cams), "metrics": list(metrics),
+            "size": int(size)}
+
+
+def _spec_settings(spec: Mapping) -> AstrocyteSettings | None:
+    config = spec["config"]
+    return None if config is None else AstrocyteSettings(**config)
+
+
+def _as_array(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy (Ray hands numpy arrays to its workers without copying them again); exact."""
+    tensor = torch.as_tensor(tensor).detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+@dataclass
+class GridContext:
+    """What every unit of one search shares (the ``ray`` executor puts it into the object store once).
+    `on_worker_device`: move the model to the worker's GPU where it has one (``ray``); else the model stays
+    where it is (``local``)."""
+
+    model: nn.Module
+    images: np.ndarray
+    human: np.ndarray
+    targets: np.ndarray
+    batch_size: int
+    prefix_device: str | None = None
+    on_worker_device: bool = False
+
+    def unit_model(self) -> nn.Module:
+        if self.on_worker_device:
+            return self.model.to("cuda" if torch.cuda.is_available() else "cpu")
+        return self.model
+
+
+#: per process (the local executor's, each Ray worker's): the shared prefixes of the latest shards, so that it
+#: is computed once per shard, not once per unit; (fingerprint, image indices, block, device) -> ProjInputs
+_PREFIXES: OrderedDict = OrderedDict()
+_PREFIXES_KEPT = 2
+#: per process: seconds spent on prefixes and on configurations (the local executor's speed)
+_SECONDS = {"prefix": 0.0, "scores": 0.0}
+
+
+def _shard_prefix(model: nn.Module, spec: Mapping, context: GridContext, indices: np.ndarray) -> ProjInputs:
+    device = context.prefix_device or str(next(model.parameters()).device)
+    key = (spec["fingerprint"], tuple(spec["images"]), spec["block"], device)
+    if key in _PREFIXES:
+        _PREFIXES.move_to_end(key)
+        return _PREFIXES[key]
+    started = time.perf_counter()
+    prefix = proj_inputs(model, torch.from_numpy(context.images[indices]), block=spec["block"],
+                         batch_size=context.batch_size, device=device)
+    _SECONDS["prefix"] += time.perf_counter() - started
+    _PREFIXES[key] = prefix
+    while len(_PREFIXES) > _PREFIXES_KEPT:
+        _PREFIXES.popitem(last=False)
+    return prefix
+
+
+def grid_unit_work(spec: dict, context: GridContext) -> pd.DataFrame:
+    """One unit's scores (`Ledger.run`'s work): one row per image and score, columns ``image`` (the image's
+    index in the search), ``cam``, ``metric``, ``value`` (NaN where the score is undefined)."""
+    model = context.unit_model()
+    indices = np.asarray(spec["images"], dtype=np.int64)
+    with eval_mode(model):
+        prefix = _shard_prefix(model, spec, context, indices)
+        started = time.perf_counter()
+        scores = _config_scores(model, prefix, torch.from_numpy(context.human[indices]),
+                                torch.from_numpy(context.targets[indices]), _spec_settings(spec), spec["cams"],
+                                spec["metrics"], context.batch_size)
+        _SECONDS["scores"] += time.perf_counter() - started
+    pairs = [(cam, metric) for cam in spec["cams"] for metric in spec["metrics"]]
+    return pd.DataFrame({
+        "image": np.tile(indices, len(pairs)),
+        "cam": np.repeat([cam for cam, _ in pairs], len(indices)),
+        "metric": np.repeat([metric for _, metric in pairs], len(indices)),
+        "value": np.concatenate([scores[f"{cam}/{metric}"] for cam, metric in pairs]).astype(np.float64),
+    })
+
+
+def _old_layout(folder: Path) -> list[str]:
+    """The files of the grid search's former layout (one .npz per configuration beside search.json)."""
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in [folder / "search.json", *folder.glob("*.npz")] if path.is_file())
 
 
 # -- the search ------------------------------------------------------------------------------
@@ -296,8 +365,9 @@ def _check_search_record(folder: Path, record: dict) -> None:
 
 @dataclass
 class GridSearch:
-    """A finished `grid_search`: the folder of its files, the configurations searched (the baseline
-    excluded), how many were computed now or found finished, and the speed of those computed now."""
+    """A finished `grid_search`: the folder of its ledger, the configurations searched (the baseline
+    excluded), how many units (configuration x image shard) were computed now or found finished, and the
+    speed of those computed now; `units`: the search's units (its results, apart from other work in the folder)."""
 
     folder: Path
     configs: list[AstrocyteSettings]
@@ -307,14 +377,20 @@ class GridSearch:
     prefix_seconds: float
     images: int
     throughput: dict = field(default_factory=dict)
+    units: list[Unit] = field(default_factory=list)
+    shards: int = 1
+
+    def scores(self) -> dict:
+        """`load_scores` of this search's units: {settings (None: the baseline): {"cam/metric": (n,)}}."""
+        return load_scores(self.folder, units=self.units)
 
     def table(self) -> pd.DataFrame:
         """`grid_table` of this search's configurations."""
-        return grid_table(self.folder, self.configs)
+        return grid_table(self.folder, self.configs, units=self.units)
 
     def best(self) -> pd.DataFrame:
         """`best_configurations` of this search's configurations."""
-        return best_configurations(self.folder, self.configs)
+        return best_configurations(self.folder, self.configs, units=self.units)
 
 
 def grid_search(
@@ -332,17 +408,25 @@ def grid_search(
     baseline: bool = True,
     prefix_device: torch.device | str | None = None,
     log: Callable[[str], None] | None = print,
+    shard_size: int = SHARD_SIZE,
+    executor: str = "local",
+    address: str | None = None,
+    progress: bool = False,
 ) -> GridSearch:
     """Score every configuration (default: `vita_grid()`, 540) on `images` (n, 3, H, W), normalised for
     `model`, against the human maps `human` (n, S, S): the CAM pictures at S x S of the class `targets` (n,)
     (ground-truth labels, or predictions), by each metric of `metrics` (``xaikit.metrics.<name>``).
 
-    Writes one file per configuration into `folder` (and ``baseline.npz``, the plain ViT, with `baseline`);
-    finished configurations are not recomputed. The shared prefix (`proj_inputs`: 2 x n x N x D values, 3.6 GB
-    for ViT-B/16 on 2,982 images in float32) is kept on `prefix_device` (default: the model's device; "cpu" where
-    the GPU is short of memory). Returns a `GridSearch`; its ``throughput`` gives the
-    configurations x images per second of the configurations computed now (the shared prefix excluded,
-    timed apart).
+    The results go to the ledger rooted at `folder` (`xaikit.ledger.Ledger`): one unit per configuration (and
+    the baseline, the plain ViT, with `baseline`) and shard of `shard_size` images; finished units are not
+    recomputed. `executor`: ``"local"`` (this process) or ``"ray"`` (one Ray task per unit, on the cluster at
+    `address`, ``"auto"`` for the running one; see `Ledger.run`); `progress` shows a bar over the units. The
+    shared prefix (`proj_inputs`: 2 x n x N x D values, 310 MB per 256 images for ViT-B/16 in float32) is
+    computed once per shard in each process and kept on `prefix_device` (default: the model's device; "cpu"
+    where the GPU is short of memory). Returns a `GridSearch`; its ``throughput`` gives the configurations x
+    images per second of the units computed now (local: the shared prefix excluded, timed apart; ray: the
+    run's wall time, prefixes included). A unit that fails is recorded in the ledger and raises here after
+    the others finished; Ctrl-C stops the search (KeyboardInterrupt) and the next call resumes it.
     """
     block = check_grid_model(model, block)
     if configs is None:
@@ -364,36 +448,62 @@ def grid_search(
             f"targets must be one class index per image, ({len(images)},) integers from 0 to {classes - 1} (the "
             f"ground-truth labels or the predictions); got {tuple(targets.shape)} {targets.dtype}"
         )
+    if len(images) == 0:
+        raise InvalidParameterError("the grid search got no images; give at least one")
     folder = Path(folder)
-    record = {
-        "fingerprint": _fingerprint(model, images, human, targets),
-        "images": len(images), "size": int(human.shape[-1]), "block": block, "cams": list(cams), "metrics": list(metrics),
-    }
-    _check_search_record(folder, record)
-    todo = ([None] if baseline else []) + list(configs)
-    missing = [settings for settings in todo if not (folder / f"{config_name(settings)}.npz").exists()]
+    old = _old_layout(folder)
+    if old:
+        warnings.warn(
+            f"{folder} holds files of the grid search's former layout ({', '.join(old[:3])}{', ...' if len(old) > 3 else ''}), "
+            f"which this version neither reads nor changes: the search computes its units afresh into {folder / 'units'}. "
+            "Delete the former files when they are no longer needed, or give another folder",
+            UserWarning, stacklevel=2,
+        )
+    ledger = Ledger(folder)
+    image_shards = shards(range(len(images)), shard_size)
+    prints = _shard_fingerprints(model, images, human, targets, image_shards)
+    settings_list = ([None] if baseline else []) + list(configs)
+    units = [ledger.unit(**_unit_spec(fingerprint, indices, settings, block, cams, metrics, int(human.shape[-1])))
+             for fingerprint, indices in zip(prints, image_shards) for settings in settings_list]
+    todo = ledger.pending(units)
     say = log or (lambda _message: None)
-    say(f"grid search in {folder}: {len(todo) - len(missing)} of {len(todo)} configurations finished, {len(missing)} to compute")
-    prefix_seconds = seconds = 0.0
-    if missing:
-        start = time.perf_counter()
-        with eval_mode(model):
-            prefix = proj_inputs(model, images, block=block, batch_size=batch_size, device=prefix_device)
-            prefix_seconds = time.perf_counter() - start
-            for index, settings in enumerate(missing, 1):
-                started = time.perf_counter()
-                scores = _config_scores(model, prefix, human, targets, settings, cams, metrics, batch_size)
-                _write_scores(folder / f"{config_name(settings)}.npz", settings, scores)
-                seconds += time.perf_counter() - started
-                if index % max(1, len(missing) // 10) == 0 or index == len(missing):
-                    say(f"  {index}/{len(missing)} configurations, {index * len(images) / seconds:.1f} configurations x images/s")
-    computed = len(missing)
+    say(f"grid search in {folder}: {len(units) - len(todo)} of {len(units)} units ({len(settings_list)} settings x "
+        f"{len(image_shards)} image shards) finished, {len(todo)} to compute")
+    on_ray = executor == "ray"
+    context = GridContext(
+        model=copy.deepcopy(model).cpu() if on_ray and next(model.parameters()).device.type != "cpu" else model,
+        images=_as_array(images), human=_as_array(human), targets=_as_array(targets), batch_size=batch_size,
+        prefix_device=None if prefix_device is None else str(torch.device(prefix_device)), on_worker_device=on_ray,
+    )
+    _SECONDS.update(prefix=0.0, scores=0.0)
+    try:
+        report = ledger.run(units, grid_unit_work, context, executor=executor, address=address, progress=progress,
+                            description="grid search")
+    finally:
+        _PREFIXES.clear()  # the local executor's prefixes: this process keeps no memory after the search
+    say(f"grid search in {folder}: {report.summary()}")
+    if report.interrupted:
+        raise KeyboardInterrupt(f"the grid search in {folder} was stopped; {report.remaining} units are left: "
+                                "run grid_search again with this folder to compute them")
+    if report.failed:
+        key, message = report.failed[0]
+        raise LedgerError(
+            f"{len(report.failed)} of the grid search's {len(units)} units failed (the first, {key}: {message}); each "
+            f"error is recorded in {ledger.failed_dir}. Fix the cause and run grid_search again: finished units are kept"
+        )
+    computed = [unit for unit in todo if ledger.done(unit)]
+    config_images = sum(len(unit.spec["images"]) for unit in computed)
+    seconds, prefix_seconds = (report.seconds, float("nan")) if on_ray else (_SECONDS["scores"], _SECONDS["prefix"])
     throughput = {
-        "configurations": computed, "images": len(images), "seconds": seconds, "prefix_seconds": prefix_seconds,
-        "config_images_per_s": computed * len(images) / seconds if seconds > 0 else None,
-        "device": str(next(model.parameters()).device), "batch_size": batch_size,
+        "configurations": len({json.dumps(unit.spec["config"], sort_keys=True) for unit in computed}),
+        "images": len(images), "units": len(computed), "shards": len(image_shards), "config_images": config_images,
+        "seconds": seconds, "prefix_seconds": None if on_ray else prefix_seconds,
+        "config_images_per_s": config_images / seconds if computed and seconds > 0 else None,
+        "device": str(next(model.parameters()).device) if not on_ray else "ray", "batch_size": batch_size,
+        "executor": executor,
     }
-    return GridSearch(folder, list(configs), computed, len(todo) - computed, seconds, prefix_seconds, len(images), throughput)
+    return GridSearch(folder, list(configs), len(computed), len(units) - len(todo), seconds, prefix_seconds,
+                      len(images), throughput, units, len(image_shards))
 
 
 def _choices(name: str, given: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
@@ -407,35 +517,80 @@ def _choices(name: str, given: Sequence[str], valid: Sequence[str]) -> tuple[str
 # -- reading the results ------------------------------------------------------------------------
 
 
-def load_scores(folder: str | Path, configs: Sequence[AstrocyteSettings] | None = None) -> dict:
-    """{settings (None: the baseline): {"cam/metric": per-image scores (n,)}} from the files of `folder`
-    (`configs`: only those, each of which must be there)."""
+def _unit_scores(ledger: Ledger, key: str, spec: Mapping) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A unit's rows as (image indices, {"cam/metric": values in that order})."""
+    path = ledger.result_path(key)
+    try:
+        wide = pd.read_parquet(path).pivot(index="image", columns=["cam", "metric"], values="value")
+        return wide.index.to_numpy(), {f"{cam}/{metric}": wide[(cam, metric)].to_numpy(dtype=np.float64)
+                                       for cam in spec["cams"] for metric in spec["metrics"]}
+    except (OSError, ValueError, KeyError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataIntegrityError(f"cannot read the grid-search unit {path}: {err}; delete it and run grid_search "
+                                 "again to recompute it") from err
+
+
+def load_scores(folder: str | Path, configs: Sequence[AstrocyteSettings | None] | None = None, *,
+                units: Sequence[Unit] | None = None) -> dict:
+    """{settings (None: the baseline): {"cam/metric": per-image scores (n,), in image order}} from the ledger
+    at `folder`: of the search's `units` (`GridSearch.units`; each must be finished), else of every grid-search
+    unit there (refused where the folder holds more than one search); `configs`: only those, each of which
+    must be there for every image."""
     folder = Path(folder)
-    if configs is None:
-        paths = sorted(folder.glob("*.npz"))
+    ledger = Ledger(folder)
+    if units is None:
+        entries = [(key, ledger.spec(key)) for key in ledger.keys()]
+        entries = [(key, spec) for key, spec in entries if spec.get("experiment") == GRID_EXPERIMENT]
     else:
-        paths = [folder / f"{config_name(settings)}.npz" for settings in configs]
-        absent = [path.name for path in paths if not path.exists()]
+        absent = [unit.key for unit in units if not ledger.done(unit)]
         if absent:
+            raise DataIntegrityError(f"{len(absent)} units of the grid search have no result in {folder} (e.g. {absent[0]}); "
+                                     "run grid_search with this folder to compute them")
+        entries = [(unit.key, unit.spec) for unit in units]
+    wanted = None if configs is None else [c if c is None or isinstance(c, AstrocyteSettings) else AstrocyteSettings(**c)
+                                           for c in configs]
+    parts: dict = {}
+    for key, spec in entries:
+        settings = _spec_settings(spec)
+        if wanted is None or settings in wanted:
+            parts.setdefault(settings, []).append(_unit_scores(ledger, key, spec))
+    if wanted is not None:
+        absent = [config_name(settings) for settings in wanted if settings not in parts]
+        if absent:
+            raise DataIntegrityError(f"{len(absent)} configurations of the search have no scores in {folder} (e.g. "
+                                     f"{absent[0]}); run grid_search with this folder to compute them")
+    if not parts:
+        former = " (it holds the former layout's files, which this version does not read)" if _old_layout(folder) else ""
+        raise DataIntegrityError(f"no grid-search scores in {folder}{former}; run grid_search with this folder first")
+    loaded = {settings: _joined(settings, parts[settings], folder) for settings in (wanted or parts)}
+    every = set().union(*(set(indices) for indices, _ in loaded.values()))
+    for settings, (indices, _) in loaded.items():
+        if len(indices) != len(every):
             raise DataIntegrityError(
-                f"{len(absent)} configurations of the search have no file in {folder} (e.g. {absent[0]}); "
-                "run grid_search with this folder to compute them"
-            )
-    loaded = {}
-    for path in paths:
-        settings, scores = read_scores(path)
-        if config_name(settings) != path.stem:
-            raise DataIntegrityError(f"{path} holds the scores of {config_name(settings)}; delete it to recompute it")
-        loaded[settings] = scores
-    return loaded
+                f"{config_name(settings)} has scores for {len(indices)} of the {len(every)} images in {folder}: shards "
+                "are missing; run grid_search with this folder to compute them")
+    return {settings: scores for settings, (_, scores) in loaded.items()}
 
 
-def grid_table(folder: str | Path, configs: Sequence[AstrocyteSettings] | None = None) -> pd.DataFrame:
+def _joined(settings, parts, folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One configuration's shards joined in image order; an image scored twice means several searches."""
+    indices = np.concatenate([part[0] for part in parts])
+    keys = [tuple(part[1]) for part in parts]
+    if len(np.unique(indices)) != len(indices) or len(set(keys)) > 1:
+        raise DataIntegrityError(
+            f"{folder} holds the scores of more than one grid search ({config_name(settings)} is scored twice for some "
+            "images, with other model weights, images, targets, block, CAMs or metrics): read one search's scores "
+            "with its GridSearch (search.scores(), search.table(), search.best()), or give each search its own folder")
+    order = np.argsort(indices, kind="stable")
+    return indices[order], {key: np.concatenate([part[1][key] for part in parts])[order] for key in keys[0]}
+
+
+def grid_table(folder: str | Path, configs: Sequence[AstrocyteSettings] | None = None, *,
+               units: Sequence[Unit] | None = None) -> pd.DataFrame:
     """One row per configuration (the baseline excluded): its settings, the mean of each "cam/metric" over the
     images where it is defined, and "cam/metric undefined", the count of images where it is not (NaN: a
-    constant map has no Spearman)."""
+    constant map has no Spearman). `configs`, `units`: as `load_scores`."""
     rows = []
-    for settings, scores in load_scores(folder, configs).items():
+    for settings, scores in load_scores(folder, configs, units=units).items():
         if settings is None:
             continue
         row = {name: getattr(settings, name) for name in SETTING_NAMES}
@@ -449,10 +604,11 @@ def grid_table(folder: str | Path, configs: Sequence[AstrocyteSettings] | None =
     return pd.DataFrame(rows)
 
 
-def best_configurations(folder: str | Path, configs: Sequence[AstrocyteSettings] | None = None) -> pd.DataFrame:
-    """The configuration with the highest mean per (cam, metric), read from the files (ties: the first in grid
+def best_configurations(folder: str | Path, configs: Sequence[AstrocyteSettings] | None = None, *,
+                        units: Sequence[Unit] | None = None) -> pd.DataFrame:
+    """The configuration with the highest mean per (cam, metric), read from the ledger (ties: the first in grid
     order), indexed like `paper_table1`: its settings, the mean, and the counts of images and undefined scores."""
-    table = grid_table(folder, configs).sort_values(list(SETTING_NAMES), kind="stable").reset_index(drop=True)
+    table = grid_table(folder, configs, units=units).sort_values(list(SETTING_NAMES), kind="stable").reset_index(drop=True)
     keys = [key for key in table.columns if "/" in key and not key.endswith(" undefined")]
     rows = []
     for key in keys:
