@@ -12,7 +12,7 @@ import pytest
 
 from xaikit import __version__
 from xaikit.errors import InvalidParameterError
-from xaikit.ledger import Ledger, LedgerError, Unit, shards, unit_key
+from xaikit.ledger import Ledger, LedgerError, Unit, shards, unit_key, xaikit_version
 
 
 def square_work(spec: dict, calls_dir) -> pd.DataFrame:
@@ -44,7 +44,8 @@ def test_a_specification_json_cannot_hold_exactly_is_refused(bad):
 
 def test_a_ledger_unit_carries_the_xaikit_version(tmp_path):
     unit = Ledger(tmp_path).unit(method="cdam")
-    assert unit.spec == {"method": "cdam", "xaikit_version": __version__}
+    assert unit.spec["method"] == "cdam" and unit.spec["xaikit_version"].startswith(f"{__version__}+src.")
+    assert unit.spec["xaikit_version"] == xaikit_version() and len(unit.spec) == 2
 
 
 def test_write_is_atomic_and_table_merges_units_with_their_specification(tmp_path):
@@ -84,6 +85,8 @@ def test_a_rerun_computes_only_the_units_without_a_file(tmp_path):
     assert (second.total, second.computed, second.skipped) == (4, 2, 2)
     assert calls(called) == [0, 1, 2, 3]
     assert len(ledger.table()) == 12
+    timings = ledger.timings()
+    assert sorted(timings.n) == [0, 1, 2, 3] and (timings.seconds > 0).all() and (timings.host != "").all()
 
 
 def test_a_failed_unit_is_recorded_and_tried_again_on_the_next_run(tmp_path):

@@ -18,9 +18,11 @@ writes every file: the workers only compute, so the cluster needs no shared file
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -120,6 +122,16 @@ class RunReport:
         return text
 
 
+@functools.lru_cache(maxsize=1)
+def xaikit_version() -> str:
+    """The release and a hash of the package's sources (``0.1.0+src.<12 hex>``): a changed method between two
+    releases never reuses the results of the old code."""
+    from . import __version__
+    from .runner import package_hash
+
+    return f"{__version__}+src.{package_hash()[:12]}"
+
+
 def _units(units: Iterable[Unit | Mapping]) -> list[Unit]:
     """Units in order, each once (the same specification twice is one unit)."""
     seen: dict[str, Unit] = {}
@@ -146,8 +158,13 @@ def _error_record(unit: Unit, error: BaseException) -> dict:
 
 
 def _call_work(work: Work, spec: dict, context) -> pd.DataFrame:
-    """What a Ray task runs (module level, so Ray can send it to any worker)."""
-    return work(spec, context)
+    """Run one unit, timing it where it runs (module level, so Ray can send it to any worker): the seconds and
+    the machine go into the result's ``attrs``, which the Parquet file keeps (`Ledger.timings`)."""
+    start = time.perf_counter()
+    frame = work(spec, context)
+    if isinstance(frame, pd.DataFrame):
+        frame.attrs.update(seconds=time.perf_counter() - start, host=socket.gethostname())
+    return frame
 
 
 def _ray_result(ray, ref) -> pd.DataFrame:
@@ -189,9 +206,7 @@ class Ledger:
 
     def unit(self, **spec) -> Unit:
         """A unit of this specification, with the xaikit version added (results of another version are other units)."""
-        from . import __version__
-
-        return Unit({**spec, "xaikit_version": __version__})
+        return Unit({**spec, "xaikit_version": xaikit_version()})
 
     def result_path(self, unit: Unit | str) -> Path:
         return self.units_dir / f"{unit if isinstance(unit, str) else unit.key}.parquet"
@@ -263,6 +278,20 @@ class Ledger:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
 
+    def timings(self, units: Iterable[Unit | Mapping] | None = None) -> pd.DataFrame:
+        """One row per finished unit: its key, the seconds its work took where it ran, the machine, and its
+        specification's fields (lists and dicts as JSON text)."""
+        keys = self.keys() if units is None else [unit.key for unit in _units(units) if self.done(unit)]
+        rows = []
+        for key in keys:
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(self.result_path(key)).metadata or {}
+            attrs = json.loads(metadata.get(b"PANDAS_ATTRS", b"{}"))
+            rows.append({"key": key, "seconds": attrs.get("seconds", math.nan), "host": attrs.get("host", ""),
+                         **_spec_columns(self.spec(key))})
+        return pd.DataFrame(rows)
+
     # -- running ---------------------------------------------------------------------------------------
 
     def run(
@@ -304,7 +333,7 @@ class Ledger:
         try:
             if executor == "local":
                 for unit in todo:
-                    self._finish(unit, report, lambda unit=unit: work(unit.spec, context))
+                    self._finish(unit, report, lambda unit=unit: _call_work(work, unit.spec, context))
                     bar.update()
             elif todo:
                 self._run_ray(todo, work, context, report, bar, address, max_in_flight, gpus_per_task)

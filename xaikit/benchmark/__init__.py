@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +33,7 @@ class BenchmarkRun:
     profile: Profile
     astrocytes: dict | None
     astrocytes_source: str
+    units: list = field(default_factory=list)
 
 
 def vita_chapter_astrocytes(results: str | Path | None = None) -> tuple[dict, str]:
@@ -86,7 +87,7 @@ def run_benchmark(
     context = RunContext(profile.tracks, profile.batch_size, device)
     report = ledger.run(units, run_unit, context, executor=executor, address=address, progress=progress,
                         description=f"benchmark ({profile.name})")
-    return BenchmarkRun(ledger, report, ledger.table(units), profile, astrocytes, source)
+    return BenchmarkRun(ledger, report, ledger.table(units), profile, astrocytes, source, units)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

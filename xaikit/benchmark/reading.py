@@ -161,3 +161,63 @@ def agreement_extremes(tau: pd.DataFrame) -> tuple[tuple[str, str, float], tuple
     names = list(tau.index)
     return ((names[i[high]], names[j[high]], float(values[i[high], j[high]])),
             (names[i[low]], names[j[low]], float(values[i[low], j[low]])))
+
+
+def setup_table(table: pd.DataFrame, tracks) -> pd.DataFrame:
+    """What the benchmark ran: per track and protocol, the images scored (over the shards of one row), the paper the
+    protocol comes from, its scores with their direction (↑ higher is better, ↓ lower) and its settings."""
+    import json
+
+    from .protocols import PROTOCOLS
+
+    rows = []
+    for track in tracks:
+        for name in track.protocols:
+            used = table[(table.model == track.model) & (table.dataset == track.dataset) & (table.protocol == name)]
+            if used.empty:
+                continue
+            one_row = used[(used.method == used.method.iloc[0]) & (used.astrocytes == "off")].drop_duplicates("key")
+            protocol = PROTOCOLS[name]
+            settings = json.loads(used.protocol_settings.iloc[0])
+            rows.append({
+                "model": track.model, "images": track.dataset, "protocol": name,
+                "n": sum(len(json.loads(ids)) for ids in one_row.images), "from": protocol.paper,
+                "scores": ", ".join(f"{metric} {'↑' if up else '↓'}" for metric, up in protocol.metrics.items()),
+                "settings": ", ".join(f"{key} = {value}" for key, value in settings.items()),
+            })
+    return pd.DataFrame(rows)
+
+
+def agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float = 0.05) -> str:
+    """What the agreement matrix says, in words: how many pairs of protocols rank the methods alike beyond chance
+    (p < `alpha`, tau > 0), how many in reverse, and what that means for choosing a method."""
+    upper = np.triu_indices(len(tau), 1)
+    taus, ps = tau.to_numpy(dtype=float)[upper], p_values.to_numpy(dtype=float)[upper]
+    valid = ~np.isnan(taus)
+    alike = int(np.sum(valid & (ps < alpha) & (taus > 0)))
+    reverse = int(np.sum(valid & (ps < alpha) & (taus < 0)))
+    pairs = int(valid.sum())
+    counted = (f"{alike} of the {pairs} pairs of protocols rank the methods alike beyond chance (p < {alpha:g}, not "
+               f"corrected for the many pairs)" + (f" and {reverse} in reverse order" if reverse else ""))
+    if alike == pairs:
+        return counted + ": here the protocols agree on which maps are good"
+    if alike * 2 >= pairs:
+        return counted + ": most protocols agree, but a method that wins one is not always the choice of another"
+    return (counted + ": for most pairs the order under one protocol says little about the order under the other, "
+            "so the method that wins one paper's protocol is, as a rule, not the method another paper's protocol "
+            "would choose")
+
+
+def time_per_protocol(timings: pd.DataFrame) -> pd.DataFrame:
+    """From `Ledger.timings`: per model, image set and protocol, the units, their total seconds where they ran,
+    and the seconds per image and row (method with or without astrocytes)."""
+    import json
+
+    frame = timings.assign(n_images=[len(json.loads(ids)) for ids in timings.images])
+    grouped = frame.groupby(["model", "dataset", "protocol"])
+    result = pd.DataFrame({
+        "units": grouped.size(),
+        "seconds": grouped.seconds.sum(),
+        "seconds per image and row": grouped.seconds.sum() / grouped.n_images.sum(),
+    })
+    return result.sort_values("seconds", ascending=False)

@@ -98,15 +98,16 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile(
         "demo",
         (
-            Track("demo-cifar10-vit", "cifar10-test", 64, ("perturbation", "aopc_lodds", "fidelity", "compactness",
+            Track("demo-cifar10-vit", "cifar10-test", 32, ("perturbation", "aopc_lodds", "fidelity", "compactness",
                                                            "randomisation", "cost"),
-                  limits={"randomisation": 32, "cost": 32}),
+                  limits={"randomisation": 16, "cost": 16}),
             Track("demo-shapes-vit", "shapes", 64, ("segmentation", "pointing_game", "human_alignment")),
-            Track("demo-shapes-vit", "pairs", 32, ("class_discrimination", "box_sensitivity")),
+            Track("demo-shapes-vit", "pairs", 16, ("class_discrimination", "box_sensitivity")),
         ),
-        method_settings=_sampling(10),
-        protocol_settings={"box_sensitivity": {"n_boxes": 8, "sizes": [56, 112, 168]},
-                           "class_discrimination": {"n_boxes": 8, "sizes": [56, 112, 168]}},
+        method_settings=_sampling(8),
+        protocol_settings={"box_sensitivity": {"n_boxes": 4, "sizes": [56, 112]},
+                           "class_discrimination": {"n_boxes": 4, "sizes": [56, 112]},
+                           "cost": {"repeats": 2}},
         shard_size=32, batch_size=32,
     ),
     # paper: the papers' models and data (their own sample sizes); methods with their papers' settings.
@@ -120,6 +121,8 @@ PROFILES: dict[str, Profile] = {
             Track("vit_small_patch8_224.dino", "imagenet-x-multi", 1000, ("class_discrimination", "box_sensitivity")),
             Track("vit_base_patch16_224", "clickme-val", 2982, ("human_alignment",)),
         ),
+        # ImageNet-Segmentation has masks but no class labels: the pointing game points for the predicted class
+        protocol_settings={"pointing_game": {"explained_class": "predicted"}},
         shard_size=250, batch_size=32,
     ),
 }
