@@ -284,6 +284,8 @@ def test_imagenet_seg_local_copy_is_trusted_on_first_use_then_verified(tmp_path,
     (tmp_path / "local").mkdir()
     local = write_gtsegs(tmp_path / "local" / "gtsegs_ijcv.mat", images, masks)
     monkeypatch.setenv("XAIKIT_IMAGENET_SEG", str(local))
+    # the first-use record is kept in the cache: an own cache, so an earlier run's record is never found
+    monkeypatch.setenv("XAIKIT_CACHE_DIR", str(tmp_path / "cache"))
 
     with pytest.warns(UserWarning, match="could not be checked against a published hash"):
         assert len(ImageNetSegmentation()) == 3

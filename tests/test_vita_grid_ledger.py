@@ -17,7 +17,7 @@ import xaikit
 import xaikit.metrics
 from xaikit.errors import DataIntegrityError
 from xaikit.experiments import vita, vita_maps
-from xaikit.ledger import Ledger, LedgerError
+from xaikit.ledger import Ledger, LedgerError, xaikit_version
 
 from conftest import small_vit
 from test_vita_grid import norm1_pass
@@ -62,7 +62,7 @@ def test_each_unit_holds_one_row_per_image_and_score_equal_to_the_whole_model(tm
     assert run.shards == 3 and run.computed == 3 * 3 and len(run.units) == 9
     spec = run.units[1].spec  # shard-major: the baseline, then each configuration, shard after shard
     assert spec["images"] == [0, 1] and spec["config"] == vars(configs[0]) and spec["experiment"] == "vita-grid"
-    assert spec["xaikit_version"] == xaikit.__version__ and len(spec["fingerprint"]) == 64
+    assert spec["xaikit_version"] == xaikit_version() and spec["xaikit_version"].startswith(xaikit.__version__ + "+src.") and len(spec["fingerprint"]) == 64
     assert (spec["block"], spec["cams"], spec["metrics"], spec["size"]) == (0, list(vita.CAM_METHODS), list(vita.METRICS), 16)
     assert len({unit.spec["fingerprint"] for unit in run.units}) == 3  # one per shard
 

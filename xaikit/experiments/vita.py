@@ -561,7 +561,10 @@ def load_scores(folder: str | Path, configs: Sequence[AstrocyteSettings | None] 
     if not parts:
         former = " (it holds the former layout's files, which this version does not read)" if _old_layout(folder) else ""
         raise DataIntegrityError(f"no grid-search scores in {folder}{former}; run grid_search with this folder first")
-    loaded = {settings: _joined(settings, parts[settings], folder) for settings in (wanted or parts)}
+    # without `configs`, in a fixed order (baseline, then the settings in grid order), not the ledger's key order
+    order = wanted or sorted(parts, key=lambda settings: () if settings is None else
+                             (1, *(getattr(settings, name) for name in SETTING_NAMES)))
+    loaded = {settings: _joined(settings, parts[settings], folder) for settings in order}
     every = set().union(*(set(indices) for indices, _ in loaded.values()))
     for settings, (indices, _) in loaded.items():
         if len(indices) != len(every):
