@@ -208,6 +208,40 @@ def agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float = 0.0
             "would choose")
 
 
+def quality_agreement(tau: pd.DataFrame, p_values: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The agreement matrices without the cost's row and column: the agreement between the protocols that
+    measure an explanation."""
+    kept = [name for name in tau.index if name not in COST_PROTOCOLS]
+    return tau.loc[kept, kept], p_values.loc[kept, kept]
+
+
+def cost_agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float = 0.05) -> str:
+    """Do the methods that explain better cost more? The cost's row of the agreement matrix, in words.
+
+    The cost is oriented like every score (higher is better: cheaper), so a negative tau between the cost and a
+    protocol says the methods that protocol prefers are the costlier ones; p < `alpha` (not corrected for the
+    many protocols) counts as beyond chance."""
+    (cost,) = [name for name in tau.index if name in COST_PROTOCOLS] or [None]
+    if cost is None:
+        return "the cost was not measured in this run"
+    parts = {"costlier": [], "cheaper": []}
+    unrelated = 0
+    for name in tau.index:
+        value, p = float(tau.at[cost, name]), float(p_values.at[cost, name])
+        if name == cost or np.isnan(value):
+            continue
+        if p < alpha:
+            parts["costlier" if value < 0 else "cheaper"].append(f"{name} (τ = {value:.2f}, p = {p:.2g})")
+        else:
+            unrelated += 1
+    said = [f"the methods that {', '.join(names)} prefer{'s' if len(names) == 1 else ''} are the {kind} ones"
+            for kind, names in parts.items() if names]
+    tail = f"under {unrelated} other protocol{'s' if unrelated != 1 else ''} cost and rank are unrelated beyond chance"
+    if not said:
+        return f"no protocol's ranking goes with the cost beyond chance: a better map is not a costlier one here ({tail})"
+    return "; ".join(said) + (f"; {tail}" if unrelated else "")
+
+
 def time_per_protocol(timings: pd.DataFrame) -> pd.DataFrame:
     """From `Ledger.timings`: per model, image set and protocol, the units, their total seconds where they ran,
     and the seconds per image and row (method with or without astrocytes)."""
