@@ -66,18 +66,24 @@ def _row(row: tuple) -> str:
     return method if astrocytes == "off" else f"{method} + astrocytes"
 
 
+def _astrocyte_setting(oriented: pd.DataFrame) -> str | None:
+    """The one astrocyte setting of the table besides "off" (None: no rows with the layer)."""
+    settings = [value for value in oriented.index.get_level_values("astrocytes").unique() if value != "off"]
+    if len(settings) > 1:
+        raise InvalidParameterError(f"the table holds {len(settings)} astrocyte settings; give the rows of one setting")
+    return settings[0] if settings else None
+
+
 def astrocyte_effects(oriented: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per method and score column: the paired change of the oriented score from the plain model to the model
     with the astrocytic layer, with its 95 % bootstrap interval, and the outcome: "better", "worse" (interval
     wholly on one side of 0) or "indistinguishable"."""
-    settings = [value for value in oriented.index.get_level_values("astrocytes").unique() if value != "off"]
-    if len(settings) > 1:
-        raise InvalidParameterError(f"the table holds {len(settings)} astrocyte settings; give the rows of one setting")
-    if not settings:
-        return pd.DataFrame(columns=["method", "column", "difference", "low", "high", "outcome"])
+    setting = _astrocyte_setting(oriented)
+    if setting is None:
+        return pd.DataFrame(columns=["method", "column", "difference", "low", "high", "outcome", "n"])
     rows = []
     for column in quality_columns(oriented):
-        off, on = column_scores(oriented, column, "off"), column_scores(oriented, column, settings[0])
+        off, on = column_scores(oriented, column, "off"), column_scores(oriented, column, setting)
         images = off.index.intersection(on.index)
         for method in on.columns.intersection(off.columns):
             pair = paired_comparison(on.loc[images, method].to_numpy(), off.loc[images, method].to_numpy(),
@@ -105,7 +111,9 @@ def _floors(scores: pd.DataFrame) -> list[str]:
 def best_across(oriented: pd.DataFrame, contenders: Sequence[str], *, columns: Sequence[tuple] | None = None,
                 n_resamples: int = 2000) -> verdicts.Verdict:
     """The verdict on "one of `contenders` is best in every score column": per column the contender with the
-    best mean against the strongest other method (paired over images; the floors reported), combined."""
+    best mean against the strongest other method (paired over images; the floors reported), combined. A column
+    with no other method than the contenders and the floors cannot test the claim; nor can a benchmark that ran
+    none of the contenders."""
     parts = {}
     for column in columns if columns is not None else quality_columns(oriented):
         scores = column_scores(oriented, column)
@@ -114,12 +122,17 @@ def best_across(oriented: pd.DataFrame, contenders: Sequence[str], *, columns: S
             continue
         champion = scores[present].mean().idxmax()
         others = [name for name in scores.columns if name not in present and name not in FLOORS]
+        if not others:
+            parts[column_label(column)] = verdicts.untestable(
+                f"no other method than {', '.join(present)} and the floors scored it, so there is nothing to beat")
+            continue
         parts[column_label(column)] = verdicts.best_method_verdict(
             scores[[champion, *others, *_floors(scores)]], champion, higher_is_better=True, baselines=others,
             floors=_floors(scores), score=f"{column[2]} {column[3]} (oriented: higher is better)",
             n_resamples=n_resamples)
     if not parts:
-        raise InvalidParameterError(f"none of {list(contenders)} is in the benchmark's table; run it with those methods")
+        return verdicts.untestable(f"the benchmark ran none of {', '.join(contenders)}: run it with them "
+                                   "(xaikit benchmark --methods ...)")
     return verdicts.combined_verdict(parts)
 
 
@@ -127,20 +140,25 @@ def astrocyte_verdict(oriented: pd.DataFrame, methods: Sequence[str] = VITA_METH
                       *, n_resamples: int = 2000) -> verdicts.Verdict:
     """The verdict on "the astrocytic layer brings `methods`' maps closer to the human maps": per method and
     alignment score, the paired change from the plain to the astrocyte model, combined."""
-    settings = [value for value in oriented.index.get_level_values("astrocytes").unique() if value != "off"]
+    setting = _astrocyte_setting(oriented)
     columns = [column for column in oriented.columns if column[2] == protocol]
-    if not settings or not columns:
+    if setting is None or not columns:
         return verdicts.untestable(f"the benchmark ran no {protocol} units with and without the astrocytic layer")
+    several_tracks = len({column[:2] for column in columns}) > 1  # then a part names its model and images
     parts = {}
     for column in columns:
-        off, on = column_scores(oriented, column, "off"), column_scores(oriented, column, settings[0])
+        off, on = column_scores(oriented, column, "off"), column_scores(oriented, column, setting)
         images = off.index.intersection(on.index)
         for method in methods:
             if method in off.columns and method in on.columns:
-                parts[f"{method}, {column[3]}"] = verdicts.improvement_verdict(
+                track = f" ({column[0]}, {column[1]})" if several_tracks else ""
+                parts[f"{method}, {column[3]}{track}"] = verdicts.improvement_verdict(
                     off.loc[images, method].to_numpy(), on.loc[images, method].to_numpy(), higher_is_better=True,
                     score=f"{column[3]} with the human maps", before_label=method, after_label=f"{method} + astrocytes",
                     n_resamples=n_resamples)
+    if not parts:
+        return verdicts.untestable(f"the benchmark ran none of {', '.join(methods)} on {protocol} units with and "
+                                   "without the astrocytic layer")
     return verdicts.combined_verdict(parts)
 
 
@@ -197,6 +215,8 @@ def agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float = 0.0
     alike = int(np.sum(valid & (ps < alpha) & (taus > 0)))
     reverse = int(np.sum(valid & (ps < alpha) & (taus < 0)))
     pairs = int(valid.sum())
+    if not pairs:
+        raise InvalidParameterError("the agreement matrix has fewer than two protocols with shared methods")
     counted = (f"{alike} of the {pairs} pairs of protocols rank the methods alike beyond chance (p < {alpha:g}, not "
                f"corrected for the many pairs)" + (f" and {reverse} in reverse order" if reverse else ""))
     if alike == pairs:
@@ -237,6 +257,8 @@ def cost_agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float 
     said = [f"the methods that {', '.join(names)} prefer{'s' if len(names) == 1 else ''} are the {kind} ones"
             for kind, names in parts.items() if names]
     tail = f"under {unrelated} other protocol{'s' if unrelated != 1 else ''} cost and rank are unrelated beyond chance"
+    if not said and not unrelated:
+        return "the cost could not be set against any protocol: no protocol ranks two or more of the methods the cost ranks"
     if not said:
         return f"no protocol's ranking goes with the cost beyond chance: a better map is not a costlier one here ({tail})"
     return "; ".join(said) + (f"; {tail}" if unrelated else "")
@@ -244,14 +266,17 @@ def cost_agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float 
 
 def time_per_protocol(timings: pd.DataFrame) -> pd.DataFrame:
     """From `Ledger.timings`: per model, image set and protocol, the units, their total seconds where they ran,
-    and the seconds per image and row (method with or without astrocytes)."""
+    and the seconds per image and row (method with or without astrocytes). Units without a time (computed before
+    the ledger timed them) count among the units but not in the seconds; NaN where none has a time."""
     import json
 
-    frame = timings.assign(n_images=[len(json.loads(ids)) for ids in timings.images])
+    timed = timings.seconds.notna()
+    frame = timings.assign(timed_images=[len(json.loads(ids)) if on else 0 for ids, on in zip(timings.images, timed)])
     grouped = frame.groupby(["model", "dataset", "protocol"])
+    seconds = grouped.seconds.sum(min_count=1)
     result = pd.DataFrame({
         "units": grouped.size(),
-        "seconds": grouped.seconds.sum(),
-        "seconds per image and row": grouped.seconds.sum() / grouped.n_images.sum(),
+        "seconds": seconds,
+        "seconds per image and row": seconds / grouped.timed_images.sum(),
     })
     return result.sort_values("seconds", ascending=False)
