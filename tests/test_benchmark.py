@@ -121,6 +121,25 @@ def test_the_astrocyte_setting_comes_from_the_vita_chapter(tmp_path):
     assert settings == {"k": 6, "tau": 3.0, "phi": 0.5, "alpha": 1.05, "beta": 0.05} and "2 of its 3" in source
 
 
+def test_run_benchmark_takes_the_chapter_setting_vita1_or_none(tmp_path, monkeypatch):
+    run_folder = tmp_path / "run"
+    (run_folder / "results" / "vita").mkdir(parents=True)
+    pd.DataFrame({"cam": ["gradcam"], "metric": ["dice"], "k": [4], "tau": [1.0], "phi": [0.0], "alpha": [1.5],
+                  "beta": [0.25]}).to_csv(run_folder / "results" / "vita" / "02_grid_search-best.csv", index=False)
+    monkeypatch.setenv("XAIKIT_RUN_DIR", str(run_folder))
+    profile = dataclasses.replace(small(n_images=2), tracks=small(n_images=2).tracks[1:2])  # shapes: a cheap track
+    arguments = dict(methods=["random"], protocols=["pointing_game"], progress=False)
+    chapter = benchmark.run_benchmark(profile, tmp_path / "ledger", astrocytes="vita", **arguments)
+    assert chapter.astrocytes == {"k": 4, "tau": 1.0, "phi": 0.0, "alpha": 1.5, "beta": 0.25}
+    assert "grid search" in chapter.astrocytes_source
+    vita1 = benchmark.run_benchmark(profile, tmp_path / "ledger", astrocytes="vita1", **arguments)
+    assert vita1.astrocytes == benchmark.DEFAULT_ASTROCYTES and set(vita1.table.astrocytes) - {"off"} != set(chapter.table.astrocytes) - {"off"}
+    off = benchmark.run_benchmark(profile, tmp_path / "ledger", astrocytes=None, **arguments)
+    assert set(off.table.astrocytes) == {"off"}
+    with pytest.raises(InvalidParameterError, match="'vita1'"):
+        benchmark.run_benchmark(profile, tmp_path / "ledger", astrocytes="vita2", **arguments)
+
+
 def test_every_demo_protocol_and_model_is_one_the_benchmark_knows():
     known = set(higher_is_better())
     for profile in PROFILES.values():

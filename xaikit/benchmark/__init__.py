@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import XaikitError
+from ..errors import InvalidParameterError, XaikitError
 from ..ledger import EXECUTORS, Ledger, RunReport
 from .units import DEFAULT_ASTROCYTES, PROFILES, Profile, RunContext, get_profile, higher_is_better, plan, run_unit
 
@@ -71,14 +71,19 @@ def run_benchmark(
 ) -> BenchmarkRun:
     """Run the benchmark of `profile` ("smoke", "demo", "paper", or a `Profile`) into the ledger at `out`.
 
-    `astrocytes`: "vita" (the ViTA chapter's best setting, `vita_chapter_astrocytes`), a dict of settings, or None
-    (no astrocyte rows). Only the units missing from the ledger are computed; the returned table holds every unit
+    `astrocytes`: "vita" (the ViTA chapter's best setting, `vita_chapter_astrocytes`), "vita1" (the setting ViTA 1
+    shows, whatever the chapter found), a dict of settings, or None (no astrocyte rows). Only the units missing from the ledger are computed; the returned table holds every unit
     of this plan that has a result."""
     import torch
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     if astrocytes == "vita":
         astrocytes, source = vita_chapter_astrocytes()
+    elif astrocytes == "vita1":
+        astrocytes, source = dict(DEFAULT_ASTROCYTES), "the setting ViTA 1 shows"
+    elif isinstance(astrocytes, str):
+        raise InvalidParameterError(f"astrocytes={astrocytes!r} is not known: give 'vita' (the ViTA chapter's best "
+                                    "setting), 'vita1' (ViTA 1's setting), a dict of k, tau, phi, alpha, beta, or None")
     else:
         source = "given" if astrocytes else "none (astrocytes off)"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
