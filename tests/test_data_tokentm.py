@@ -29,6 +29,7 @@ from paper_fixtures import (
     write_imagenet_folder,
     write_tar,
 )
+import xaikit.data.manifests
 from xaikit.data import load_examples
 from xaikit.data.cifar100 import Cifar100Split, load_cifar100, read_cifar100_binary
 from xaikit.data.imagenet import (
@@ -57,6 +58,8 @@ SHARED_IMAGENET = ROOT.parent / "shared" / "data" / "imagenet-val-sample"
 def isolated_environment(tmp_path, monkeypatch):
     """Each test gets its own cache and sees no user configuration."""
     monkeypatch.setenv("XAIKIT_CACHE_DIR", str(tmp_path / "cache"))
+    # the warning comes once per process: an earlier test that read a first copy must not hide it
+    monkeypatch.setattr(xaikit.data.manifests, "_WARNED_UNVERIFIED", set())
     for name in ("XAIKIT_MANIFEST_DIR", "XAIKIT_IMAGENET_SEG", "XAIKIT_IMAGENET_VAL"):
         monkeypatch.delenv(name, raising=False)
 
@@ -286,6 +289,8 @@ def test_imagenet_seg_local_copy_is_trusted_on_first_use_then_verified(tmp_path,
     monkeypatch.setenv("XAIKIT_IMAGENET_SEG", str(local))
     # the first-use record is kept in the cache: an own cache, so an earlier run's record is never found
     monkeypatch.setenv("XAIKIT_CACHE_DIR", str(tmp_path / "cache"))
+    # the warning comes once per process: an earlier test that read a first copy must not hide it
+    monkeypatch.setattr(xaikit.data.manifests, "_WARNED_UNVERIFIED", set())
 
     with pytest.warns(UserWarning, match="could not be checked against a published hash"):
         assert len(ImageNetSegmentation()) == 3
