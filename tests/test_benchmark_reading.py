@@ -429,3 +429,29 @@ def test_time_per_protocol_sums_seconds_and_divides_by_the_timed_images():
     assert result["seconds"].tolist()[:3] == [20.0, 10.0, 4.0]
     assert result["seconds per image and row"].tolist()[:3] == [10.0, 10.0 / 8, 0.5]
     assert result.loc[("m2", "d2", "fidelity")].iloc[1:].isna().all()  # no time measured: not 0 seconds
+
+
+def randomisation_inputs(signs):
+    """A tau matrix in which randomisation's row has the given signs against three other protocols, and a summary
+    whose randomisation ranks put c first, then a, then d, then b."""
+    names = ["randomisation", "x", "y", "z"]
+    tau = pd.DataFrame(np.eye(4), index=names, columns=names)
+    for name, sign in zip(names[1:], signs):
+        tau.loc["randomisation", name] = tau.loc[name, "randomisation"] = sign * 0.5
+    rows = pd.MultiIndex.from_tuples([(m, "off") for m in "abcd"], names=["method", "astrocytes"])
+    columns = pd.MultiIndex.from_tuples([("m", "d", "randomisation", "top", "rank"), ("m", "d", "randomisation", "all", "rank"),
+                                         ("m", "d", "x", "s", "rank")], names=["model", "dataset", "protocol", "metric", "statistic"])
+    summary = pd.DataFrame([[2, 2, 1], [4, 4, 1], [1, 1, 4], [3, 3, 2]], index=rows, columns=columns, dtype=float)
+    return tau, summary
+
+
+def test_randomisation_text_counts_the_negative_taus_and_names_the_rows_that_pass_best():
+    tau, summary = randomisation_inputs([-1, -1, +1])
+    text = reading.randomisation_text(tau, summary)
+    assert text.startswith("its τ is negative against 2 of the other 3 protocols: the rows that pass it best (c, a, d)")
+    assert "not that it points at the right pixels" in text
+    tau, summary = randomisation_inputs([-1, +1, +1])
+    assert reading.randomisation_text(tau, summary) == ("its τ is negative against 1 of the other 3 protocols; the rows "
+                                                        "that pass it best are c, a, d")
+    assert reading.randomisation_text(tau.drop(index="randomisation", columns="randomisation"), summary) == \
+        "the randomisation test did not run here"

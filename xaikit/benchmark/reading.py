@@ -264,6 +264,26 @@ def cost_agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float 
     return "; ".join(said) + (f"; {tail}" if unrelated else "")
 
 
+def randomisation_text(tau: pd.DataFrame, summary: pd.DataFrame, protocol: str = "randomisation") -> str:
+    """How the randomisation test's ranking relates to the others, in words: against how many protocols its tau is
+    negative, and the rows that pass it best (lowest mean rank over its score columns in `summary`)."""
+    from .summary import row_label
+
+    if protocol not in tau.index:
+        return "the randomisation test did not run here"
+    others = tau.loc[protocol].drop(protocol).dropna()
+    negative = int((others < 0).sum())
+    ranks = [column for column in summary.columns if column[2] == protocol and column[-1] == "rank"]
+    best = summary.loc[:, ranks].mean(axis=1).nsmallest(3).index
+    passing = ", ".join(row_label(*row) for row in best)
+    counted = f"its τ is negative against {negative} of the other {len(others)} protocols"
+    if negative * 2 > len(others):
+        return (f"{counted}: the rows that pass it best ({passing}) are not the ones the other protocols prefer. "
+                "Passing the test says that a map depends on the trained weights, not that it points at the right "
+                "pixels")
+    return f"{counted}; the rows that pass it best are {passing}"
+
+
 def time_per_protocol(timings: pd.DataFrame) -> pd.DataFrame:
     """From `Ledger.timings`: per model, image set and protocol, the units, their total seconds where they ran,
     and the seconds per image and row (method with or without astrocytes). Units without a time (computed before
