@@ -90,10 +90,11 @@ def test_the_notebooks_that_sample_take_a_seed():
 
 
 def test_the_pages_write_their_time_measurements_as_timings(first_run):
-    """The speed and time tables (the grid search's settings x images per second too) and the probe's training
-    seconds are measured, so kept out of the results."""
+    """The speed and time tables (the grid search's settings x images per second too, the benchmark's cost and
+    time per protocol) and the probe's training seconds are measured, so kept out of the results."""
     timings = sorted(p.relative_to(first_run / "_run" / "timings").as_posix() for p in (first_run / "_run" / "timings").rglob("*.csv"))
-    assert timings == ["cdam/00_linear_probe-history.csv", "foundations/03_attention_maps-speed.csv", "foundations/04_methods-costs.csv",
+    assert timings == ["benchmark/01_benchmark-agreement-cost.csv", "benchmark/01_benchmark-cost.csv",
+                       "benchmark/01_benchmark-time-per-protocol.csv", "cdam/00_linear_probe-history.csv", "foundations/03_attention_maps-speed.csv", "foundations/04_methods-costs.csv",
                        "tokentm/02_segmentation-time.csv", "vita/02_grid_search-speed.csv"]
     assert "train_seconds" not in pd.read_csv(first_run / "_run" / "results" / "cdam" / "00_linear_probe-history.csv").columns
 
