@@ -72,8 +72,8 @@ def run_benchmark(
     """Run the benchmark of `profile` ("smoke", "demo", "paper", or a `Profile`) into the ledger at `out`.
 
     `astrocytes`: "vita" (the ViTA chapter's best setting, `vita_chapter_astrocytes`), "vita1" (the setting ViTA 1
-    shows, whatever the chapter found), a dict of settings, or None (no astrocyte rows). Only the units missing from the ledger are computed; the returned table holds every unit
-    of this plan that has a result."""
+    shows, whatever the chapter found), a dict of settings, or None (no astrocyte rows). Only the units missing
+    from the ledger are computed; the returned table holds every unit of this plan that has a result."""
     import torch
 
     profile = get_profile(profile) if isinstance(profile, str) else profile

@@ -15,6 +15,7 @@ import pandas as pd
 from .. import verdicts
 from ..errors import InvalidParameterError
 from ..stats import format_interval, paired_comparison
+from .summary import row_label
 
 FLOORS = ("random", "centre_prior")  #: reference maps that are not methods: a method should beat them
 CDAM_VARIANTS = ("cdam", "smooth_cdam", "integrated_cdam")
@@ -56,14 +57,9 @@ def winners(summary: pd.DataFrame) -> pd.DataFrame:
         best = present["rank"].idxmin()
         tied = present.index[present["rank_low"] <= 1]
         rows.append({"model": column[0], "dataset": column[1], "protocol": column[2], "metric": column[3],
-                     "best": _row(best), "tied for first": ", ".join(_row(row) for row in tied),
+                     "best": row_label(*best), "tied for first": ", ".join(row_label(*row) for row in tied),
                      "n tied": len(tied), "n rows": len(present)})
     return pd.DataFrame(rows)
-
-
-def _row(row: tuple) -> str:
-    method, astrocytes = row
-    return method if astrocytes == "off" else f"{method} + astrocytes"
 
 
 def _astrocyte_setting(oriented: pd.DataFrame) -> str | None:
@@ -267,8 +263,6 @@ def cost_agreement_text(tau: pd.DataFrame, p_values: pd.DataFrame, alpha: float 
 def randomisation_text(tau: pd.DataFrame, summary: pd.DataFrame, protocol: str = "randomisation") -> str:
     """How the randomisation test's ranking relates to the others, in words: against how many protocols its tau is
     negative, and the rows that pass it best (lowest mean rank over its score columns in `summary`)."""
-    from .summary import row_label
-
     if protocol not in tau.index:
         return "the randomisation test did not run here"
     others = tau.loc[protocol].drop(protocol).dropna()
